@@ -1,0 +1,79 @@
+"""Recipe → objects, through explicit dictionaries of the valid choices.
+
+Every choice a recipe can make (solver for a training mode, graph kind) is a
+key of a dict here, and an unknown choice is answered with the list of keys.
+The MLP baseline is sized to the orchestra's parameter count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .config import ModelConfig, Recipe, TrainConfig
+from .errors import ConfigError
+from .nn.graph import Graph, make_graph
+from .nn.mlp import GaussianMLP, Persistence, hidden_for_params
+from .nn.orchestra import Orchestra
+from .solvers import Truncated, Unrolled
+
+SOLVERS: dict[str, Callable[[ModelConfig, TrainConfig], Unrolled]] = {
+    "bptt": lambda m, t: Unrolled(m.rounds, tol=m.tol),
+    "truncated": lambda m, t: Truncated(m.rounds, grad_rounds=t.grad_rounds, tol=m.tol),
+}
+
+
+def _choose(table: dict, key: str, what: str):
+    if key not in table:
+        raise ConfigError(f"{what} {key!r} is not one of: {', '.join(table)}")
+    return table[key]
+
+
+def build_graph(model: ModelConfig) -> Graph:
+    g = model.graph
+    return make_graph(
+        g.kind,
+        model.cells,
+        edges=[tuple(e) for e in g.edges],
+        coordinator=g.coordinator,
+        memory_slots=g.memory_slots,
+    )
+
+
+def build_solver(recipe: Recipe) -> Unrolled:
+    return _choose(SOLVERS, recipe.train.mode, "train.mode")(recipe.model, recipe.train)
+
+
+def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
+    m = recipe.model
+    return Orchestra(
+        grid=recipe.data.grid,
+        window=recipe.data.window,
+        graph=build_graph(m),
+        d=m.d,
+        d_msg=m.d_msg,
+        d_key=m.d_key,
+        hidden_mult=m.hidden_mult,
+        halo=m.halo,
+        schedule=m.schedule,
+        order=m.order,
+        kernel=m.kernel,
+        solver=build_solver(recipe),
+        scale=scale,
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_mlp(recipe: Recipe, *, params: int, scale: float = 1.0) -> GaussianMLP:
+    """The monolithic MLP with (close to) ``params`` parameters."""
+    g, w, layers = recipe.data.grid, recipe.data.window, recipe.baselines.mlp_layers
+    hidden = hidden_for_params(w * g, 2 * g, layers, params)
+    return GaussianMLP(grid=g, window=w, hidden=hidden, layers=layers, scale=scale)
+
+
+def build_persistence(*, sigma: float) -> Persistence:
+    return Persistence(sigma=sigma)

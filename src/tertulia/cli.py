@@ -1,0 +1,240 @@
+"""Command-line interface: parse, call the library, print. Nothing else lives here.
+
+Every user mistake arrives as a :class:`~tertulia.errors.UserError` and leaves
+as one line ``error: …`` on stderr with exit code 2 (a traceback only with
+``--debug``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from .errors import RunDirError, UserError
+
+app = typer.Typer(
+    name="tertulia",
+    help="Orchestras of tiny recursive models: build, train and judge them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+T = TypeVar("T")
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+
+
+def _guard(debug: bool, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except UserError as exc:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted; resume with --resume RUN_DIR", highlight=False)
+        raise typer.Exit(130) from None
+
+
+class _ProgressEvents:
+    """Turns pipeline events into a rich progress bar (one task per model)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        p = self.progress
+        if event == "data":
+            p.console.print(f"data: {payload.get('path') or payload['equation']} …", highlight=False)
+        elif event == "train_start":
+            name = payload["model"]
+            self.tasks[name] = p.add_task(f"train {name}", total=payload["total"], info="")
+        elif event == "step":
+            task = self.tasks.get(payload["model"])
+            if task is None:
+                return
+            logs = payload["logs"]
+            info = f"loss {logs.get('loss', float('nan')):.4f}"
+            if "residual" in logs:
+                info += f"  residual {logs['residual']:.2e}"
+            p.update(task, completed=payload["step"], info=info)
+        elif event == "train_end":
+            name = payload["model"]
+            if payload.get("resumed_from"):
+                p.console.print(f"{name}: resumed from step {payload['resumed_from']}")
+            if payload.get("skipped_steps"):
+                p.console.print(f"{name}: skipped {payload['skipped_steps']} non-finite steps")
+        elif event == "evaluate":
+            p.console.print("evaluating on the test split …")
+        elif event == "report":
+            p.console.print("writing report …")
+
+
+class _SpeedColumn(ProgressColumn):
+    """Steps per second, as measured by rich over the recent updates."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("  —  steps/s" if speed is None else f"{speed:6.1f} steps/s", style="green")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _SpeedColumn(),
+        TextColumn("[cyan]{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    models = metrics.get("models", {})
+    keys: list[str] = []
+    for m in models.values():
+        keys += [k for k in m if k not in keys]
+    table = Table(title=f"test metrics — {metrics.get('recipe', '')}")
+    table.add_column("metric")
+    for name in models:
+        table.add_column(name, justify="right")
+    for k in keys:
+        row = [k]
+        for m in models.values():
+            v = m.get(k)
+            row.append("—" if v is None else f"{v:.4g}")
+        table.add_row(*row)
+    params = metrics.get("params", {})
+    table.add_row("params", *[str(params.get(n, "—")) for n in models])
+    out_console.print(table)
+
+
+@app.command()
+def run(
+    recipe: Annotated[
+        str | None,
+        typer.Argument(help="A shipped recipe name (see 'tertulia recipes') or a YAML path."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<name>).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a recipe key: --set model.d=32 (repeatable)."),
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the orchestra and its baselines on a recipe, evaluate, write the report."""
+
+    def _run() -> None:
+        from . import config, pipeline
+
+        if resume is not None:
+            if out is not None:
+                raise RunDirError("--resume continues a run in place; drop --out")
+            if set_:
+                raise RunDirError("--set cannot change a run on --resume; start a new run instead")
+            saved = pipeline.require_run_dir(resume)
+            if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
+                raise RunDirError(
+                    f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}"
+                )
+            rec, target = saved, resume
+        else:
+            rec = config.load_recipe(recipe or "burgers", set_ or [])
+            if out is None:
+                target = pipeline.fresh_run_dir(Path("runs") / rec.name)
+            else:
+                target = out
+                if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                    what = "holds a run" if pipeline.is_run_dir(target) else "is not empty"
+                    raise RunDirError(
+                        f"{target} {what}; continue it with --resume {target} or choose another --out"
+                    )
+        command = "tertulia " + shlex.join(sys.argv[1:])
+        with _progress() as progress:
+            progress.console.print(f"run directory: {target}", highlight=False)
+            metrics = pipeline.run(
+                rec, target, resume=resume is not None, command=command,
+                on_event=_ProgressEvents(progress),
+            )
+        _print_metrics(metrics)
+        out_console.print(f"report: {target / 'report.html'}", highlight=False)
+
+    _guard(debug, _run)
+
+
+@app.command()
+def recipes() -> None:
+    """List the shipped recipes with a one-line description."""
+    from .config import recipe_description, shipped_recipes
+
+    table = Table(title="shipped recipes")
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    for name, path in shipped_recipes().items():
+        table.add_row(name, recipe_description(path))
+    out_console.print(table)
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by 'tertulia run'.")],
+    debug: DebugOpt = False,
+) -> None:
+    """Re-evaluate a run's checkpoints on the test split; rewrites metrics.json and the report."""
+
+    def _eval() -> None:
+        from . import pipeline
+
+        _print_metrics(pipeline.evaluate_run(run_dir))
+        out_console.print(f"metrics: {run_dir / 'metrics.json'}", highlight=False)
+
+    _guard(debug, _eval)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with metrics.json.")],
+    debug: DebugOpt = False,
+) -> None:
+    """Rebuild report.html (and its figures) from a run directory."""
+
+    def _report() -> None:
+        from .report import build_report
+
+        if not run_dir.is_dir():
+            raise RunDirError(f"{run_dir} does not exist; give a run directory")
+        out_console.print(f"report: {build_report(run_dir)}", highlight=False)
+
+    _guard(debug, _report)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,349 @@
+"""Recipes: pydantic models of a run, YAML loading and ``--set`` overrides.
+
+A recipe is a YAML file with four sections (``data``, ``model``, ``baselines``,
+``train``, ``eval``) plus a name, description and seed. Every section rejects
+unknown keys and the error names the closest valid key, so a misspelt option
+never silently falls back to a default (torchdeq's ``args.get`` pitfall).
+
+Pipeline: ``load_recipe(name_or_path, overrides)`` → YAML dict → overrides
+applied on the dict → :class:`Recipe` validated → returned. The resolved
+recipe is saved with every run (``Recipe.to_yaml``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class InitialConditionConfig(_Section):
+    """Random initial conditions ``u0(x) = Σ_k a_k sin(k x + φ_k)``."""
+
+    max_mode: int = Field(3, ge=1, description="largest wavenumber k drawn")
+    terms: int = Field(3, ge=1, description="number of sine terms summed")
+    amplitude: float = Field(1.0, gt=0, description="amplitudes a_k ~ U(-A, A) / sqrt(terms)")
+
+
+class NoiseConfig(_Section):
+    """Heteroscedastic observation noise ``y = u + σ ε``, ``σ = σ0 + σ1 |u|``."""
+
+    sigma0: float = Field(0.02, ge=0)
+    sigma1: float = Field(0.1, ge=0)
+
+
+class DataConfig(_Section):
+    """Periodic 1-D PDE trajectories on ``x ∈ [0, 2π)``, generated or read from a file."""
+
+    equation: Literal["burgers", "heat", "advection"] = "burgers"
+    path: str | None = Field(
+        None, description="read trajectories from a .npz/.safetensors file instead of generating"
+    )
+    grid: int = Field(128, ge=8)
+    nu: float = Field(0.1, gt=0, description="viscosity / diffusivity")
+    speed: float = Field(1.0, description="advection speed c")
+    dt: float = Field(0.05, gt=0, description="time between saved frames")
+    frames: int = Field(40, ge=3, description="saved frames per trajectory (t = 0, dt, …)")
+    solver_dt: float = Field(1e-3, gt=0, description="internal time step of the Burgers solver")
+    n_train: int = Field(256, ge=1)
+    n_val: int = Field(32, ge=1)
+    n_test: int = Field(64, ge=1)
+    seed: int = 0
+    ic: InitialConditionConfig = InitialConditionConfig()
+    noise: NoiseConfig = NoiseConfig()
+    window: int = Field(4, ge=1, description="past noisy frames a model sees")
+    cache: bool = True
+
+
+# ---------------------------------------------------------------------------- model
+
+
+class GraphConfig(_Section):
+    """Who talks to whom. ``kind`` builds the edges; ``edges`` lists them for ``explicit``."""
+
+    kind: Literal["ring", "chain", "full", "explicit"] = "ring"
+    edges: list[tuple[int, int]] = Field(
+        default_factory=list, description="directed (source, target) pairs for kind=explicit"
+    )
+    coordinator: bool = Field(False, description="add a coordinating cell linked to all cells")
+    memory_slots: int = Field(0, ge=0, description="shared memory slots read/written by attention")
+
+
+class ModelConfig(_Section):
+    """The orchestra: ``cells`` tiny recursive models over contiguous patches."""
+
+    cells: int = Field(4, ge=1)
+    d: int = Field(64, ge=2, description="latent state size per cell")
+    d_msg: int = Field(16, ge=1, description="floats per message")
+    d_key: int = Field(16, ge=1, description="attention query/key size")
+    hidden_mult: int = Field(2, ge=1, description="cell MLP hidden width = hidden_mult * d")
+    rounds: int = Field(6, ge=1, description="maximum message-passing rounds")
+    tol: float = Field(1e-4, ge=0, description="stop when ||S'-S||/||S|| < tol (0: never)")
+    schedule: Literal["sync", "async"] = "sync"
+    order: Literal["fixed", "random"] = Field("fixed", description="async update order")
+    halo: int = Field(2, ge=0, description="points each cell also predicts past its patch edges")
+    kernel: Literal["batched", "loop"] = Field(
+        "batched", description="batched stacked-weight kernel or the per-cell reference loop"
+    )
+    graph: GraphConfig = GraphConfig()
+
+
+class BaselinesConfig(_Section):
+    persistence: bool = True
+    mlp: bool = True
+    mlp_layers: int = Field(2, ge=1, description="hidden layers of the monolithic MLP")
+
+
+# ---------------------------------------------------------------------------- train
+
+
+class TrainConfig(_Section):
+    mode: Literal["bptt", "truncated"] = Field(
+        "bptt", description="bptt: gradient through every round; truncated: last grad_rounds"
+    )
+    grad_rounds: int = Field(2, ge=1, description="rounds with gradient in truncated mode")
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup: int = Field(100, ge=0, description="linear warm-up steps before cosine decay")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    clip: float = Field(1.0, gt=0, description="gradient-norm clipping")
+    ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of weights (0: off)")
+    loss: Literal["nll", "beta_nll"] = "nll"
+    beta: float = Field(0.5, ge=0, le=1, description="β of β-NLL")
+    consistency: float = Field(0.1, ge=0, description="γ: weight of neighbour agreement")
+    state_norm: float = Field(0.0, ge=0, description="weight of the mean squared state norm")
+    cell_weights: list[float] | None = Field(None, description="λ_i per cell (default all 1)")
+    checkpoint_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1)
+    nan_patience: int = Field(20, ge=1, description="consecutive non-finite steps before stopping")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+class EvalConfig(_Section):
+    rollout_steps: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    calibration_levels: int = Field(19, ge=3)
+
+
+class Recipe(_Section):
+    name: str = "burgers"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> Recipe:
+        d, m = self.data, self.model
+        if d.path is None and d.grid % m.cells != 0:
+            raise ValueError(
+                f"data.grid={d.grid} is not divisible by model.cells={m.cells}; "
+                f"allowed cell counts divide the grid: {_divisors(d.grid)}"
+            )
+        if m.halo * 2 > d.grid // m.cells:
+            raise ValueError(f"model.halo={m.halo} is larger than half a patch")
+        if d.frames < d.window + 2:
+            raise ValueError(
+                f"data.frames={d.frames} must be at least data.window+2={d.window + 2}"
+            )
+        if self.train.cell_weights is not None and len(self.train.cell_weights) != m.cells:
+            raise ValueError(
+                f"train.cell_weights has {len(self.train.cell_weights)} entries; "
+                f"model.cells={m.cells} needs one per cell"
+            )
+        if self.train.mode == "truncated" and self.train.grad_rounds > m.rounds:
+            raise ValueError(
+                f"train.grad_rounds={self.train.grad_rounds} exceeds model.rounds={m.rounds}"
+            )
+        g = m.graph
+        n_nodes = m.cells + int(g.coordinator)
+        if g.kind == "explicit" and not g.edges:
+            raise ValueError("model.graph.kind=explicit needs model.graph.edges, e.g. [[0, 1]]")
+        for s, t in g.edges:
+            for v in (s, t):
+                if not 0 <= v < n_nodes:
+                    raise ValueError(
+                        f"model.graph.edges has edge ({s}, {t}) naming cell {v}; "
+                        f"cells are 0..{n_nodes - 1}"
+                    )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0 and k <= 64]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def recipes_dir() -> Path:
+    return Path(str(resources.files("tertulia") / "recipes"))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name → path of every recipe shipped in the package."""
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def recipe_description(path: Path) -> str:
+    data = yaml.safe_load(path.read_text()) or {}
+    return str(data.get("description", ""))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path:
+        if not p.is_file():
+            raise ConfigError(f"recipe file {name_or_path!r} does not exist")
+        return p
+    close = difflib.get_close_matches(name_or_path, list(shipped), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(
+        f"unknown recipe {name_or_path!r}{hint} shipped recipes: {', '.join(shipped)}; "
+        "or give a path to a .yaml file"
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a nested dict; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} must look like key.path=value, e.g. model.d=32")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    model_cls: type[BaseModel] | None = Recipe
+    for i, part in enumerate(parts):
+        path = ".".join(parts[: i + 1])
+        if model_cls is not None and part not in model_cls.model_fields:
+            raise ConfigError(_unknown_key_message(path, part, model_cls))
+        if i == len(parts) - 1:
+            node[part] = value
+            break
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {path} is not a section")
+        node = child
+        model_cls = _section_class(model_cls, part) if model_cls else None
+
+
+def _section_class(cls: type[BaseModel], field: str) -> type[BaseModel] | None:
+    ann = cls.model_fields[field].annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return None
+
+
+def _unknown_key_message(path: str, key: str, cls: type[BaseModel]) -> str:
+    valid = list(cls.model_fields)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {path!r}: {hint}valid keys here: {', '.join(valid)}"
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    path = ".".join(loc) or "(recipe)"
+    if err["type"] == "extra_forbidden":
+        cls: type[BaseModel] | None = Recipe
+        for part in loc[:-1]:
+            cls = _section_class(cls, part) if cls and part in cls.model_fields else None
+        if cls is not None:
+            msg = _unknown_key_message(path, loc[-1], cls)
+        else:
+            msg = f"unknown key {path!r}"
+    else:
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        msg = f"{path}: {err['msg']}{shown}"
+    more = len(exc.errors()) - 1
+    tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {msg}{tail}"
+
+
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    for v in _floats(recipe.model_dump()):
+        if not math.isfinite(v):
+            raise ConfigError(f"{source}: non-finite number {v} in recipe; values must be finite")
+    return recipe
+
+
+def _floats(obj: Any):
+    if isinstance(obj, float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _floats(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _floats(v)
+
+
+def load_recipe(name_or_path: str = "burgers", overrides: list[str] | None = None) -> Recipe:
+    """Load a shipped recipe by name (or a YAML path), apply ``--set`` overrides, validate."""
+    path = resolve_recipe_path(name_or_path)
+    data = read_yaml(path)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    data.setdefault("name", path.stem)
+    return validate_recipe(data, source=str(path.name if path.parent == recipes_dir() else path))
+
+
+def load_resolved(path: Path) -> Recipe:
+    """Load the resolved ``config.yaml`` of a run directory."""
+    return validate_recipe(read_yaml(path), source=str(path))

@@ -1,0 +1,198 @@
+"""The orchestra: tiny recursive cells that talk until they agree.
+
+A 1-D field of G points is split into n contiguous patches of P = G/n points,
+one cell per patch. Cell i sees its patch of the last w noisy frames,
+``x_i ∈ R^{w·P}``, encodes it once (``e_i = enc_i(x_i)``, also the initial
+state), then every round
+
+    M = messages(S, graph)                        (eqs. 2–3)
+    s_i ← f_θi(s_i, m_i, e_i)                     (eq. 1)
+
+either for all cells at once (``sync``, Jacobi) or one cell after another
+using the neighbours' already-updated states (``async``, Gauss–Seidel, fixed or
+random order). The solver object decides how many rounds run and where the
+gradient flows (:mod:`tertulia.solvers`). Finally each cell's Gaussian head
+predicts its patch of the next frame plus ``h`` halo points on each side; the
+halo predictions overlap the neighbours' patches and feed the consistency
+regulariser R(S) of eq. (4):
+
+    R = mean over cells and halo points of (μ_i^halo − μ_owner)²
+
+Inputs and outputs are in physical units; internally fields are divided by
+``scale`` (the training data's standard deviation).
+
+Legend: B batch, w window, G grid, n cells, P patch, h halo, N nodes
+(cells + coordinator + memory slots), d state, d_m message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..solvers import SolverTrace, Unrolled
+from .cells import CellBank
+from .graph import Graph
+from .heads import Prediction, StackedGaussianHead
+from .messaging import AttentionMessenger, MemorySlots
+from .stacked import StackedLinear
+
+
+@dataclass
+class OrchestraTrace:
+    """How the rounds went: residual per round, rounds used, last attention map."""
+
+    solver: SolverTrace
+    attention: torch.Tensor  # (N, N) batch-mean attention of the last round
+    messages: int  # floats sent per prediction: rounds × edges × d_m
+
+    @property
+    def rounds(self) -> int:
+        return self.solver.rounds
+
+    @property
+    def residuals(self) -> list[float]:
+        return self.solver.residuals
+
+
+class Orchestra(nn.Module):
+    """n TRM cells over contiguous patches of a periodic 1-D field."""
+
+    def __init__(
+        self,
+        *,
+        grid: int,
+        window: int,
+        graph: Graph,
+        d: int = 64,
+        d_msg: int = 16,
+        d_key: int = 16,
+        hidden_mult: int = 2,
+        halo: int = 2,
+        schedule: str = "sync",
+        order: str = "fixed",
+        kernel: str = "batched",
+        solver: Unrolled | None = None,
+        scale: float = 1.0,
+    ):
+        super().__init__()
+        n = graph.cells
+        if grid % n:
+            raise ValueError(f"grid={grid} is not divisible by cells={n}")
+        if schedule not in ("sync", "async"):
+            raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
+        if order not in ("fixed", "random"):
+            raise ValueError(f"order must be 'fixed' or 'random', got {order!r}")
+        if kernel not in ("batched", "loop"):
+            raise ValueError(f"kernel must be 'batched' or 'loop', got {kernel!r}")
+        self.graph, self.grid, self.window = graph, grid, window
+        self.cells, self.patch, self.halo = n, grid // n, halo
+        if 2 * halo > self.patch:
+            raise ValueError(f"halo={halo} is larger than half a patch ({self.patch} points)")
+        self.schedule, self.order, self.kernel = schedule, order, kernel
+        self.solver = solver if solver is not None else Unrolled(6)
+        self.d_msg = d_msg
+        n_upd = graph.updating_cells
+        self.encoder = StackedLinear(n_upd, window * self.patch, d)
+        self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d)
+        self.messenger = AttentionMessenger(graph, d=d, d_msg=d_msg, d_key=d_key)
+        self.memory = MemorySlots(graph.memory_slots, d=d, d_msg=d_msg) if graph.memory_slots else None
+        self.head = StackedGaussianHead(n, d=d, points=self.patch + 2 * halo)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        # Global grid index of every point a cell predicts, halo included: (n, P + 2h).
+        offsets = torch.arange(-halo, self.patch + halo)
+        starts = torch.arange(n)[:, None] * self.patch
+        self.register_buffer("point_index", (starts + offsets) % grid, persistent=False)
+        halo_pos = torch.cat([torch.arange(halo), torch.arange(halo + self.patch, self.patch + 2 * halo)])
+        self.register_buffer("halo_pos", halo_pos, persistent=False)
+
+    # ------------------------------------------------------------------ rounds
+
+    def _round_sync(self, s: torch.Tensor, e: torch.Tensor, box: dict) -> torch.Tensor:
+        # s: (B, N, d), e: (B, n_upd, d)
+        n_upd = e.shape[1]
+        if self.kernel == "batched":
+            m, alpha = self.messenger(s)
+            cells = self.bank.step(s[:, :n_upd], m[:, :n_upd], e)
+        else:
+            m, alpha = self.messenger.reference(s)
+            cells = self.bank.step_reference(s[:, :n_upd], m[:, :n_upd], e)
+        box["attention"] = alpha
+        if self.memory is None:
+            return cells
+        return torch.cat([cells, self.memory.update(s[:, n_upd:], m[:, n_upd:])], dim=1)
+
+    def _round_async(self, s: torch.Tensor, e: torch.Tensor, box: dict) -> torch.Tensor:
+        # Gauss–Seidel: node i sees the states its predecessors in `order` already updated.
+        n_upd, n_nodes = e.shape[1], s.shape[1]
+        if self.order == "random":
+            order = torch.randperm(n_nodes).tolist()
+        else:
+            order = list(range(n_nodes))
+        states = list(s.unbind(dim=1))
+        for i in order:
+            current = torch.stack(states, dim=1)
+            m_i = self.messenger.message_to(i, current)
+            if i < n_upd:
+                states[i] = self.bank.step_one(i, states[i], m_i, e[:, i])
+            else:
+                states[i] = self.memory.update_one(i - n_upd, states[i], m_i)
+        box["order"] = order
+        return torch.stack(states, dim=1)
+
+    # ----------------------------------------------------------------- forward
+
+    def local_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, w, G) normalised -> (B, n_upd, w·P); the coordinator sees zeros
+        b, w, _ = x.shape
+        patches = x.reshape(b, w, self.cells, self.patch).permute(0, 2, 1, 3)
+        patches = patches.reshape(b, self.cells, w * self.patch)
+        if self.graph.coordinator:
+            patches = torch.cat([patches, patches.new_zeros(b, 1, w * self.patch)], dim=1)
+        return patches
+
+    def forward(self, x: torch.Tensor) -> Prediction:
+        # x: (B, w, G) noisy past frames (physical units) -> Gaussian over the next frame (B, G)
+        if x.ndim != 3 or x.shape[1:] != (self.window, self.grid):
+            raise ValueError(
+                f"expected input of shape (batch, {self.window}, {self.grid}), got {tuple(x.shape)}"
+            )
+        b = x.shape[0]
+        xn = x / self.scale
+        e = self.encoder(self.local_inputs(xn))  # (B, n_upd, d)
+        s0 = e if self.memory is None else torch.cat([e, self.memory.initial(b)], dim=1)
+        box: dict = {}
+        round_fn = self._round_sync if self.schedule == "sync" else self._round_async
+        s, strace = self.solver.solve(lambda s_: round_fn(s_, e, box), s0)
+
+        delta, log_var = self.head(s[:, : self.cells])  # (B, n, P + 2h) each
+        last = xn[:, -1][:, self.point_index]  # (B, n, P + 2h)
+        mean_ext = last + delta
+        h, p = self.halo, self.patch
+        mean = mean_ext[:, :, h : h + p].reshape(b, self.grid)
+        lv = log_var[:, :, h : h + p].reshape(b, self.grid)
+
+        aux = {"state_norm": s.pow(2).mean()}
+        if h > 0:
+            owner = mean[:, self.point_index[:, self.halo_pos]]  # (B, n, 2h)
+            aux["consistency"] = (mean_ext[:, :, self.halo_pos] - owner).pow(2).mean()
+        attention = box.get("attention")
+        if attention is None:  # async: recompute the map on the final states for the trace
+            with torch.no_grad():
+                _, attention = self.messenger(s)
+        trace = OrchestraTrace(
+            solver=strace,
+            attention=attention.detach().mean(dim=0),
+            messages=strace.rounds * len(self.graph) * self.d_msg,
+        )
+        return Prediction(
+            mean=mean * self.scale,
+            log_var=lv + 2 * torch.log(self.scale),
+            trace=trace,
+            aux=aux,
+        )
+
+    def messages_per_round(self) -> int:
+        return len(self.graph) * self.d_msg

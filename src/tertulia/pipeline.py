@@ -1,0 +1,284 @@
+"""The main job: recipe → data → models → training → evaluation → run directory.
+
+A run directory holds::
+
+    config.yaml            the resolved recipe
+    command.txt            every command line that touched the run
+    train_log.jsonl        loss, NLL, residual … per logged step and model
+    checkpoint/<model>/    safetensors + JSON, resumable (see train.checkpoint)
+    metrics.json           every model's test metrics and curves
+    examples.safetensors   one test forecast and one rollout per model, for plots
+    report.html, *.png     the report
+
+:func:`run` trains the orchestra and the baselines in the same loop on the same
+data, then :func:`evaluate_models` judges them on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from . import build
+from ._io import atomic_write, atomic_write_json, atomic_write_text
+from .config import Recipe, load_resolved
+from .data import Trajectories, load_dataset
+from .data.pde import grid_points
+from .errors import DataError, RunDirError
+from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
+
+EventFn = Callable[[str, dict[str, Any]], None]
+MODELS = ("orchestra", "mlp", "persistence")
+
+
+def _noop(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+# ------------------------------------------------------------------- run dirs
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def require_run_dir(path: Path) -> Recipe:
+    if not path.is_dir():
+        raise RunDirError(f"{path} does not exist; give a run directory made by 'tertulia run'")
+    if not is_run_dir(path):
+        raise RunDirError(f"{path} is not a run directory: it has no config.yaml")
+    return load_resolved(path / "config.yaml")
+
+
+def fresh_run_dir(base: Path) -> Path:
+    """``base`` if unused, else ``base-2``, ``base-3`` … (never overwrite a run)."""
+    if not base.exists() or not any(base.iterdir()):
+        return base
+    k = 2
+    while Path(f"{base}-{k}").exists():
+        k += 1
+    return Path(f"{base}-{k}")
+
+
+def _append_command(out: Path, command: str) -> None:
+    path = out / "command.txt"
+    old = path.read_text() if path.exists() else ""
+    atomic_write_text(path, old + command.rstrip("\n") + "\n")
+
+
+# ----------------------------------------------------------------------- data
+
+
+def check_splits(splits: dict[str, Trajectories], recipe: Recipe) -> None:
+    for name in ("train", "val", "test"):
+        if name not in splits or len(splits[name]) == 0:
+            raise DataError(f"the {name} split is empty; every split needs at least one trajectory")
+        frames = splits[name].y.shape[1]
+        if frames < recipe.data.window + 2:
+            raise DataError(
+                f"the {name} split has {frames} frames; data.window={recipe.data.window} "
+                f"needs at least {recipe.data.window + 2}"
+            )
+        grid = splits[name].y.shape[2]
+        if grid != recipe.data.grid:
+            raise DataError(f"the data has {grid} grid points but data.grid={recipe.data.grid}")
+        if grid % recipe.model.cells:
+            raise DataError(f"{grid} grid points do not split into model.cells={recipe.model.cells} patches")
+
+
+def data_scale(splits: dict[str, Trajectories]) -> float:
+    """Standard deviation of the training observations (models work in these units)."""
+    return float(torch.as_tensor(splits["train"].y, dtype=torch.float64).std().clamp_min(1e-8))
+
+
+def persistence_sigma(splits: dict[str, Trajectories]) -> float:
+    """RMS of one-step changes of the training observations."""
+    y = torch.as_tensor(splits["train"].y, dtype=torch.float64)
+    return float((y[:, 1:] - y[:, :-1]).pow(2).mean().sqrt().clamp_min(1e-8))
+
+
+def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, nn.Module]:
+    """Every model of the run, deterministically initialised from the recipe seed."""
+    scale = data_scale(splits)
+    torch.manual_seed(recipe.seed)
+    models: dict[str, nn.Module] = {"orchestra": build.build_orchestra(recipe, scale=scale)}
+    if recipe.baselines.mlp:
+        torch.manual_seed(recipe.seed + 1)
+        params = build.count_parameters(models["orchestra"])
+        models["mlp"] = build.build_mlp(recipe, params=params, scale=scale)
+    if recipe.baselines.persistence:
+        models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
+    return models
+
+
+def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories]) -> ForecastTask:
+    return ForecastTask(
+        model, splits, window=recipe.data.window, train=recipe.train, cells=recipe.model.cells
+    )
+
+
+# ------------------------------------------------------------------------ run
+
+
+def run(
+    recipe: Recipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        _append_command(out, command)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+
+    on_event("data", {"equation": recipe.data.equation, "path": recipe.data.path})
+    splits = load_dataset(recipe.data)
+    check_splits(splits, recipe)
+    models = build_models(recipe, splits)
+
+    summaries: dict[str, dict[str, Any]] = {}
+    for index, (name, model) in enumerate(models.items()):
+        if build.count_parameters(model) == 0:
+            continue
+        task = make_task(recipe, model, splits)
+        torch.manual_seed(recipe.seed + 100 + index)
+        trainer = Trainer(
+            task,
+            recipe.train,
+            name=name,
+            seed=recipe.seed + 1000 + index,
+            checkpoint_dir=out / "checkpoint" / name,
+            log_path=out / "train_log.jsonl",
+            validate=task.validation_nll,
+            on_step=lambda step, total, logs, _n=name: on_event(
+                "step", {"model": _n, "step": step, "total": total, "logs": logs}
+            ),
+            meta={"recipe": recipe.name},
+        )
+        on_event("train_start", {"model": name, "total": recipe.train.steps})
+        summary = trainer.fit()
+        trainer.load_ema_into_model()
+        summaries[name] = {
+            "steps": summary.steps,
+            "skipped_steps": summary.skipped_steps,
+            "seconds": round(summary.seconds, 3),
+            "resumed_from": summary.resumed_from,
+        }
+        on_event("train_end", {"model": name, **summaries[name]})
+
+    return evaluate_and_write(recipe, models, splits, out, summaries, on_event=on_event)
+
+
+def evaluate_and_write(
+    recipe: Recipe,
+    models: dict[str, nn.Module],
+    splits: dict[str, Trajectories],
+    out: Path,
+    summaries: dict[str, dict[str, Any]],
+    *,
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    on_event("evaluate", {"models": list(models)})
+    started = time.perf_counter()
+    metrics, examples = evaluate_models(recipe, models, splits)
+    metrics["train"] = summaries
+    metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
+    atomic_write(out / "examples.safetensors", lambda tmp: save_file(examples, tmp))
+    atomic_write_json(out / "metrics.json", metrics)
+    on_event("report", {})
+    from .report import build_report  # matplotlib is imported only when a report is made
+
+    build_report(out)
+    return metrics
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def evaluate_models(
+    recipe: Recipe, models: dict[str, nn.Module], splits: dict[str, Trajectories]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Test metrics (the metrics.json contract) and example arrays for the plots."""
+    results: dict[str, Any] = {
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "params": {n: build.count_parameters(m) for n, m in models.items()},
+        "models": {},
+        "curves": {"rollout_nrmse": {}, "calibration": {}, "cells": recipe.model.cells},
+        "data": {
+            "equation": recipe.data.equation,
+            "grid": recipe.data.grid,
+            "nu": recipe.data.nu,
+            "dt": recipe.data.dt,
+            "window": recipe.data.window,
+            "n_train": len(splits["train"]),
+            "n_test": len(splits["test"]),
+            "noise": recipe.data.noise.model_dump(),
+        },
+    }
+    test = splits["test"]
+    t_ex = recipe.data.window - 1 + (test.y.shape[1] - recipe.data.window) // 2
+    window = torch.as_tensor(test.y[:1, t_ex - recipe.data.window + 1 : t_ex + 1], dtype=torch.float32)
+    examples: dict[str, torch.Tensor] = {
+        "x": torch.as_tensor(grid_points(recipe.data.grid), dtype=torch.float32),
+        "input_last": window[0, -1].clone(),
+        "truth": torch.as_tensor(test.u[0, t_ex + 1], dtype=torch.float32),
+        "obs": torch.as_tensor(test.y[0, t_ex + 1], dtype=torch.float32),
+    }
+    for name, model in models.items():
+        model.eval()
+        task = make_task(recipe, model, splits)
+        ev = task.evaluate("test", recipe.eval)
+        results["models"][name] = ev["metrics"]
+        curves = ev["curves"]
+        results["curves"]["rollout_nrmse"][name] = curves["rollout_nrmse"]
+        results["curves"]["calibration"]["levels"] = curves["calibration_levels"]
+        results["curves"]["calibration"][name] = curves["calibration"]
+        if "residual_per_round" in curves:
+            results["curves"]["residual_per_round"] = curves["residual_per_round"]
+            results["curves"]["attention"] = curves["attention"]
+        pred = model(window)
+        examples[f"{name}.mean"] = pred.mean[0].float().contiguous()
+        examples[f"{name}.std"] = pred.std[0].float().contiguous()
+        examples[f"{name}.rollout_mean"] = ev["rollout"]["mean"][0].float().contiguous()
+        examples["rollout.truth"] = ev["rollout"]["truth"][0].float().contiguous()
+    return results, examples
+
+
+def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
+    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report."""
+    recipe = require_run_dir(run_dir)
+    splits = load_dataset(recipe.data)
+    check_splits(splits, recipe)
+    models = build_models(recipe, splits)
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        if build.count_parameters(model) == 0:
+            continue
+        folder = run_dir / "checkpoint" / name
+        if not has_checkpoint(folder):
+            raise RunDirError(
+                f"{run_dir} has no checkpoint for {name}; finish it with "
+                f"'tertulia run {recipe.name} --resume {run_dir}'"
+            )
+        groups, meta = load_checkpoint(folder)
+        model.load_state_dict(groups.get("ema", groups["model"]))
+        summaries[name] = {
+            "steps": meta["step"],
+            "skipped_steps": meta.get("skipped_steps", 0),
+            "seconds": meta.get("seconds", 0.0),
+        }
+    return evaluate_and_write(recipe, models, splits, run_dir, summaries, on_event=on_event)

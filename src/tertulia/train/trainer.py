@@ -1,0 +1,262 @@
+"""The training loop: optimiser, schedule, clipping, EMA, NaN guard, checkpoints.
+
+The trainer knows only a :class:`~tertulia.train.tasks.Task` (``sample_batch``
+and ``loss``). Everything that decides the next step is either checkpointed
+or a pure function of the step, so a run killed at any moment and resumed
+from its last checkpoint continues exactly as if it had never stopped:
+
+* learning rate: linear warm-up then cosine decay to ``min_lr_ratio·lr``,
+  ``lr(t)`` computed from t;
+* EMA decay: ``min(ema, (1+t)/(10+t))``, from t;
+* batches: drawn from a ``torch.Generator`` whose state is saved;
+* torch's global RNG (random asynchronous orders) is saved too.
+
+A step whose loss or gradient norm is not finite is skipped and counted;
+``nan_patience`` consecutive skips stop training with
+:class:`~tertulia.errors.TrainingDiverged`, leaving the last good checkpoint.
+
+Progress is reported through an ``on_step(step, total, logs)`` callback: the
+library never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_text
+from ..config import TrainConfig
+from ..errors import TrainingDiverged
+from .checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_checkpoint,
+)
+from .tasks import Task
+
+StepCallback = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    skipped_steps: int
+    seconds: float
+    resumed_from: int
+    last_logs: dict[str, float]
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Warm-up then cosine: ``lr·t/warmup`` for t < warmup, then cosine to ``min_lr_ratio·lr``."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(cfg.steps - cfg.warmup, 1)
+    progress = min((step - cfg.warmup) / span, 1.0)
+    floor = cfg.min_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only; biases, norms and 1-D parameters are exempt."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and p.shape[-1] > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Fit a task's model for ``cfg.steps`` steps, resumable from its checkpoint folder."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: TrainConfig,
+        *,
+        name: str = "model",
+        seed: int = 0,
+        checkpoint_dir: Path | None = None,
+        log_path: Path | None = None,
+        on_step: StepCallback | None = None,
+        validate: Callable[[], float] | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.task, self.cfg, self.name, self.seed = task, cfg, name, seed
+        self.checkpoint_dir = checkpoint_dir
+        self.log_path = log_path
+        self.on_step = on_step
+        self.validate = validate
+        self.meta = meta or {}
+        self.model = task.model
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if cfg.ema > 0:
+            self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.skipped = 0
+        self.seconds = 0.0
+
+    # ------------------------------------------------------------------- state
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's state_dict with parameters replaced by their EMA."""
+        sd = self.model.state_dict()
+        if self.ema is not None:
+            sd.update(self.ema)
+        return sd
+
+    def save(self) -> None:
+        if self.checkpoint_dir is None:
+            return
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
+        train_state = {f"optim.{k}": v for k, v in opt_tensors.items()}
+        train_state["rng.torch"] = torch.get_rng_state()
+        train_state["rng.batches"] = self.generator.get_state()
+        groups = {"model": self.model.state_dict(), "train_state": train_state}
+        if self.ema is not None:
+            groups["ema"] = self.ema_state_dict()
+        meta = {
+            **self.meta,
+            "model": self.name,
+            "total_steps": self.cfg.steps,
+            "skipped_steps": self.skipped,
+            "seconds": self.seconds,
+            "optimizer": opt_meta,
+        }
+        save_checkpoint(self.checkpoint_dir, step=self.step, groups=groups, meta=meta)
+
+    def resume(self) -> int:
+        """Restore everything from the latest checkpoint; returns the step resumed from."""
+        if self.checkpoint_dir is None or not has_checkpoint(self.checkpoint_dir):
+            return 0
+        groups, meta = load_checkpoint(self.checkpoint_dir)
+        self.model.load_state_dict(groups["model"])
+        if self.ema is not None and "ema" in groups:
+            self.ema = {k: groups["ema"][k].clone() for k in self.ema}
+        state = groups["train_state"]
+        opt = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
+        optimizer_from_tensors(self.optimizer, opt, meta["optimizer"])
+        torch.set_rng_state(state["rng.torch"])
+        self.generator.set_state(state["rng.batches"])
+        self.step = int(meta["step"])
+        self.skipped = int(meta.get("skipped_steps", 0))
+        self.seconds = float(meta.get("seconds", 0.0))
+        self._truncate_log(self.step)
+        return self.step
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop this model's log lines written after the checkpoint we resume from."""
+        if self.log_path is None or not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a torn last line from a killed process
+            if rec.get("model") == self.name and rec.get("step", 0) > step:
+                continue
+            kept.append(line)
+        atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.log_path is None:
+            return
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for k, p in self.model.named_parameters():
+                self.ema[k].lerp_(p.detach(), 1 - decay)
+
+    def load_ema_into_model(self) -> None:
+        """Replace the model's parameters by their EMA (what evaluation uses)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema_state_dict())
+
+    # -------------------------------------------------------------------- loop
+
+    def fit(self) -> TrainSummary:
+        cfg = self.cfg
+        resumed_from = self.resume()
+        self.model.train()
+        streak = 0
+        logs: dict[str, float] = {}
+        t_last = time.perf_counter()
+        while self.step < cfg.steps:
+            lr = learning_rate(self.step, cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = self.task.sample_batch(self.generator)
+            loss, logs = self.task.loss(batch)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip)
+                ok = bool(torch.isfinite(grad_norm))
+                logs["grad_norm"] = float(grad_norm)
+            if ok:
+                self.optimizer.step()
+                self._update_ema()
+                streak = 0
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped += 1
+                streak += 1
+            self.step += 1
+            now = time.perf_counter()
+            self.seconds += now - t_last
+            t_last = now
+            logs["lr"] = lr
+            if streak >= cfg.nan_patience:
+                raise TrainingDiverged(self._diverged_message(streak))
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._log({"model": self.name, "step": self.step, **logs})
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.validate is not None:
+                    self.model.eval()
+                    val = self.validate()
+                    self.model.train()
+                    logs["val_nll"] = val
+                    self._log({"model": self.name, "step": self.step, "val_nll": val})
+                self.save()
+                t_last = time.perf_counter()
+            if self.on_step is not None:
+                self.on_step(self.step, cfg.steps, logs)
+        return TrainSummary(
+            steps=self.step,
+            skipped_steps=self.skipped,
+            seconds=self.seconds,
+            resumed_from=resumed_from,
+            last_logs=logs,
+        )
+
+    def _diverged_message(self, streak: int) -> str:
+        where = "no checkpoint was written yet"
+        if self.checkpoint_dir is not None and has_checkpoint(self.checkpoint_dir):
+            latest = json.loads((self.checkpoint_dir / "latest.json").read_text())
+            where = f"last good checkpoint kept in {self.checkpoint_dir} (step {latest['step']})"
+        return (
+            f"training of {self.name} diverged: loss or gradient non-finite for {streak} "
+            f"consecutive steps (at step {self.step}, {self.skipped} skipped in all); {where}; "
+            "lower train.lr, raise train.clip or check the data"
+        )
