@@ -254,9 +254,13 @@ def test_simulate_each_equation(equation: str) -> None:
 
 
 def test_simulate_rejects_unresolved_initial_condition() -> None:
-    cfg = small_config(ic=InitialConditionConfig(max_mode=11))
-    with pytest.raises(DataError, match="max_mode=11.*grid/3"):
+    cfg = small_config(ic=InitialConditionConfig(max_mode=11), refine=1)
+    with pytest.raises(DataError, match="max_mode=11.*grid·refine/3"):
         simulate(cfg, 2, seed=0)
+    # refining the solver grid resolves it, but the saved grid must still carry the mode
+    simulate(small_config(ic=InitialConditionConfig(max_mode=11), refine=2), 2, seed=0)
+    with pytest.raises(DataError, match="max_mode=16"):
+        simulate(small_config(ic=InitialConditionConfig(max_mode=16), refine=4), 2, seed=0)
 
 
 # ------------------------------------------------------------------------------ cache
@@ -380,3 +384,14 @@ def test_load_file_errors(tmp_path) -> None:
         with pytest.raises(DataError, match=message) as info:
             load_file(path, cfg)
         assert "\n" not in str(info.value)
+
+
+def test_burgers_refined_solve_matches_coarse_when_resolved():
+    """Solving on a 2× grid and subsampling agrees with a resolved coarse solve."""
+    from tertulia.config import DataConfig
+    from tertulia.data.pde import simulate
+
+    coarse = simulate(DataConfig(grid=64, frames=5, nu=0.2, refine=1), 3, 7)
+    fine = simulate(DataConfig(grid=64, frames=5, nu=0.2, refine=2), 3, 7)
+    assert fine.u.shape == coarse.u.shape == (3, 5, 64)
+    np.testing.assert_allclose(fine.u, coarse.u, atol=1e-5)

@@ -59,6 +59,9 @@ class DataConfig(_Section):
     dt: float = Field(0.05, gt=0, description="time between saved frames")
     frames: int = Field(40, ge=3, description="saved frames per trajectory (t = 0, dt, …)")
     solver_dt: float = Field(1e-3, gt=0, description="internal time step of the Burgers solver")
+    refine: int = Field(
+        2, ge=1, description="Burgers is solved on grid·refine points, then subsampled to grid"
+    )
     n_train: int = Field(256, ge=1)
     n_val: int = Field(32, ge=1)
     n_test: int = Field(64, ge=1)
@@ -105,7 +108,7 @@ class ModelConfig(_Section):
 class BaselinesConfig(_Section):
     persistence: bool = True
     mlp: bool = True
-    mlp_layers: int = Field(2, ge=1, description="hidden layers of the monolithic MLP")
+    mlp_layers: int = Field(1, ge=1, description="hidden layers of the monolithic MLP")
 
 
 # ---------------------------------------------------------------------------- train

@@ -357,16 +357,24 @@ def simulate(cfg: DataConfig, count: int, seed: int | np.random.SeedSequence) ->
     """Draw ``count`` ICs, solve ``cfg.equation`` at ``t_k = k·cfg.dt``, add noise."""
     if count < 1:
         raise DataError(f"count={count} must be ≥ 1")
-    if cfg.equation == "burgers" and 3 * cfg.ic.max_mode >= cfg.grid:
+    fine = cfg.grid * (cfg.refine if cfg.equation == "burgers" else 1)
+    if cfg.equation == "burgers" and 3 * cfg.ic.max_mode >= fine:
         raise DataError(
-            f"ic.max_mode={cfg.ic.max_mode} is not resolved by the 2/3 rule on "
-            f"grid={cfg.grid}; allowed: max_mode < grid/3 = {cfg.grid / 3:.4g}"
+            f"ic.max_mode={cfg.ic.max_mode} is not resolved by the 2/3 rule on the solver "
+            f"grid of {fine} points; allowed: max_mode < grid·refine/3 = {fine / 3:.4g}"
+        )
+    if 2 * cfg.ic.max_mode >= cfg.grid:
+        raise DataError(
+            f"ic.max_mode={cfg.ic.max_mode} is above the Nyquist mode of grid={cfg.grid}; "
+            f"allowed: max_mode < grid/2 = {cfg.grid / 2:.4g}"
         )
     rng = np.random.default_rng(seed)
-    u0 = random_initial_conditions(count, cfg.grid, cfg.ic, rng)  # (N, G)
+    # ICs are drawn on the solver grid; their values on the coarse grid are the same sines.
+    u0 = random_initial_conditions(count, fine, cfg.ic, rng)  # (N, G·refine)
     times = cfg.dt * np.arange(cfg.frames)  # (T,)
     if cfg.equation == "burgers":
-        u = burgers(u0, nu=cfg.nu, times=times, dt=cfg.solver_dt)
+        # Solve on the fine grid (resolves steep fronts), keep every refine-th point.
+        u = burgers(u0, nu=cfg.nu, times=times, dt=cfg.solver_dt)[..., :: fine // cfg.grid]
     elif cfg.equation == "heat":
         u = heat_exact(u0, nu=cfg.nu, times=times)
     elif cfg.equation == "advection":
