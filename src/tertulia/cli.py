@@ -8,7 +8,6 @@ as one line ``error: …`` on stderr with exit code 2 (a traceback only with
 from __future__ import annotations
 
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -66,8 +65,14 @@ class _ProgressEvents:
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         p = self.progress
         if event == "data":
-            p.console.print(f"data: {payload.get('path') or payload['equation']} …", highlight=False)
+            sizes = "/".join(str(v) for v in payload["sizes"].values())
+            p.console.print(
+                f"data: {payload['source']}, {sizes} train/val/test trajectories "
+                f"({payload['seconds']:.1f} s)\nrun directory: {payload['out']}",
+                highlight=False,
+            )
         elif event == "train_start":
+            p.start()  # the bar appears with the first training, not before
             name = payload["model"]
             self.tasks[name] = p.add_task(f"train {name}", total=payload["total"], info="")
         elif event == "step":
@@ -177,13 +182,22 @@ def run(
                     raise RunDirError(
                         f"{target} {what}; continue it with --resume {target} or choose another --out"
                     )
-        command = "tertulia " + shlex.join(sys.argv[1:])
-        with _progress() as progress:
-            progress.console.print(f"run directory: {target}", highlight=False)
+        if resume is not None:
+            words = ["run", rec.name, "--resume", str(target)]
+        else:
+            words = ["run", recipe or "burgers", "--out", str(target)]
+            for assignment in set_ or []:
+                words += ["--set", assignment]
+        command = "tertulia " + shlex.join(words)
+        progress = _progress()
+        try:
             metrics = pipeline.run(
                 rec, target, resume=resume is not None, command=command,
                 on_event=_ProgressEvents(progress),
             )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
         _print_metrics(metrics)
         out_console.print(f"report: {target / 'report.html'}", highlight=False)
 

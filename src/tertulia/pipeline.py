@@ -135,17 +135,26 @@ def run(
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
     """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate."""
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    # Data first: a bad data set must not leave a half-made run directory behind.
+    started = time.perf_counter()
+    splits = load_dataset(recipe.data)
+    check_splits(splits, recipe)
+    on_event(
+        "data",
+        {
+            "source": recipe.data.path or recipe.data.equation,
+            "sizes": {k: len(v) for k, v in splits.items()},
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+        },
+    )
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         atomic_write_text(out / "config.yaml", recipe.to_yaml())
     if command:
         _append_command(out, command)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-
-    on_event("data", {"equation": recipe.data.equation, "path": recipe.data.path})
-    splits = load_dataset(recipe.data)
-    check_splits(splits, recipe)
     models = build_models(recipe, splits)
 
     summaries: dict[str, dict[str, Any]] = {}

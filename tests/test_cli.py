@@ -1,0 +1,209 @@
+"""The CLI end to end on tiny recipes, its files, and its answers to bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tertulia.cli import app
+
+from .conftest import TINY
+
+runner = CliRunner()
+CONTRACT = {
+    "nrmse_1step", "nrmse_rollout", "rmse", "nll", "crps", "coverage_50", "coverage_90",
+    "coverage_95", "miscalibration_area", "sigma_rel_error",
+}
+
+
+def _sets(extra=()):
+    out = []
+    for s in [*TINY, *extra]:
+        out += ["--set", s]
+    return out
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("run", "burgers", "--out", out, *_sets())
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_run_writes_the_run_directory(tiny_run):
+    for name in ("config.yaml", "command.txt", "metrics.json", "report.html", "train_log.jsonl",
+                 "examples.safetensors"):
+        assert (tiny_run / name).is_file(), name
+    for model in ("orchestra", "mlp"):
+        assert (tiny_run / "checkpoint" / model / "latest.json").is_file()
+    assert list(tiny_run.glob("*.png"))
+    assert "tertulia run burgers" in (tiny_run / "command.txt").read_text()
+    assert "d: 8" in (tiny_run / "config.yaml").read_text()
+
+
+def test_metrics_json_contract(tiny_run):
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert m["recipe"] == "burgers"
+    assert set(m["models"]) == {"orchestra", "mlp", "persistence"}
+    assert m["params"]["orchestra"] > 0 and m["params"]["persistence"] == 0
+    for model, vals in m["models"].items():
+        assert CONTRACT <= set(vals), model
+        assert all(np.isfinite(v) for v in vals.values())
+    orch = m["models"]["orchestra"]
+    assert {"rounds_mean", "residual_final", "messages_per_prediction"} <= set(orch)
+    # ring of 4 cells: 8 directed edges, d_msg=4 floats, 2 rounds
+    assert orch["messages_per_prediction"] == orch["rounds_mean"] * 8 * 4
+
+
+def test_eval_reproduces_metrics(tiny_run):
+    before = json.loads((tiny_run / "metrics.json").read_text())
+    result = invoke("eval", tiny_run)
+    assert result.exit_code == 0, result.output
+    after = json.loads((tiny_run / "metrics.json").read_text())
+    for model, vals in before["models"].items():
+        for key, v in vals.items():
+            assert after["models"][model][key] == pytest.approx(v, rel=1e-6, abs=1e-9)
+
+
+def test_report_rebuilds(tiny_run):
+    (tiny_run / "report.html").unlink()
+    result = invoke("report", tiny_run)
+    assert result.exit_code == 0, result.output
+    html = (tiny_run / "report.html").read_text()
+    assert "nrmse_1step" in html and "data:image/png;base64," in html
+
+
+def test_resume_of_a_finished_run_only_reevaluates(tiny_run):
+    result = invoke("run", "--resume", tiny_run)
+    assert result.exit_code == 0, result.output
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert m["train"]["orchestra"]["resumed_from"] == m["train"]["orchestra"]["steps"]
+
+
+def test_recipes_lists_shipped_recipes():
+    result = invoke("recipes")
+    assert result.exit_code == 0
+    for name in ("burgers", "heat", "advection", "smoke"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["recipes"], ["eval"], ["report"]])
+def test_help_everywhere(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _bad_data_file(tmp_path, kind):
+    y = np.random.default_rng(0).normal(size=(11, 8, 32)).astype(np.float32)
+    if kind == "nan":
+        y[2, 3, 4] = np.nan
+        return _write_npz(tmp_path / "nan.npz", y=y)
+    if kind == "inf":
+        y[0, 0, 0] = np.inf
+        return _write_npz(tmp_path / "inf.npz", y=y)
+    if kind == "empty":
+        return _write_npz(tmp_path / "empty.npz", y=y[:0])
+    if kind == "nokey":
+        return _write_npz(tmp_path / "nokey.npz", z=y)
+    if kind == "grid":
+        return _write_npz(tmp_path / "grid.npz", y=np.zeros((11, 8, 30), np.float32) + 1)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "args, piece",
+    [
+        (["run", "burgr"], "unknown recipe 'burgr'"),
+        (["run", "missing.yaml"], "does not exist"),
+        (["run", "burgers", "--set", "model.dd=4"], "did you mean 'd'"),
+        (["run", "burgers", "--set", "train.steps=many"], "train.steps"),
+        (["run", "burgers", "--set", "data.grid=30"], "not divisible by model.cells=4"),
+        (["run", "burgers", "--set", "model.graph.kind=explicit", "--set",
+          "model.graph.edges=[[0, 4]]"], "naming cell 4"),
+        (["run", "--resume", "{tmp}"], "not a run directory"),
+        (["eval", "{tmp}/nowhere"], "does not exist"),
+        (["report", "{tmp}"], "no metrics.json"),
+        (["run", "burgers", "--set", "data.path={tmp}/none.npz"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, piece):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert piece in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "kind, piece",
+    [("nan", "NaN"), ("inf", "Inf"), ("empty", "empty"), ("nokey", "'y'"), ("grid", "grid")],
+)
+def test_bad_data_files(tmp_path, kind, piece):
+    path = _bad_data_file(tmp_path, kind)
+    result = invoke("run", "burgers", "--out", tmp_path / "r", *_sets([f"data.path={path}"]))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error:") and piece in result.output, result.output
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_user_data_file_trains(tmp_path):
+    from tertulia.config import load_recipe
+    from tertulia.data import load_dataset
+
+    data = load_dataset(load_recipe("burgers", TINY).data)
+    u = np.concatenate([data[s].u for s in ("train", "val", "test")])
+    y = np.concatenate([data[s].y for s in ("train", "val", "test")])
+    path = _write_npz(tmp_path / "mine.npz", u=u, y=y)
+    result = invoke("run", "burgers", "--out", tmp_path / "r", *_sets([f"data.path={path}"]))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "metrics.json").is_file()
+
+
+def test_existing_run_is_never_overwritten(tiny_run):
+    before = (tiny_run / "metrics.json").read_bytes()
+    result = invoke("run", "burgers", "--out", tiny_run, *_sets())
+    assert result.exit_code == 2 and "holds a run" in result.output
+    assert (tiny_run / "metrics.json").read_bytes() == before
+
+
+def test_resume_refuses_changes(tiny_run):
+    result = invoke("run", "burgers", "--resume", tiny_run, "--set", "model.d=4")
+    assert result.exit_code == 2 and "--set cannot change" in result.output
+    result = invoke("run", "heat", "--resume", tiny_run)
+    assert result.exit_code == 2 and "recipe 'burgers'" in result.output
+
+
+def test_real_process_exit_codes_and_debug(tmp_path):
+    bad = [sys.executable, "-m", "tertulia", "run", "burgers", "--set", "model.dd=1"]
+    proc = subprocess.run(bad, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    proc = subprocess.run(bad + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_default_out_dir_never_clobbers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        result = invoke("run", "burgers", *_sets(["train.steps=2", "baselines.mlp=false"]))
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "burgers" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "burgers-2" / "metrics.json").is_file()
