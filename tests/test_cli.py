@@ -16,8 +16,16 @@ from .conftest import TINY
 
 runner = CliRunner()
 CONTRACT = {
-    "nrmse_1step", "nrmse_rollout", "rmse", "nll", "crps", "coverage_50", "coverage_90",
-    "coverage_95", "miscalibration_area", "sigma_rel_error",
+    "nrmse_1step",
+    "nrmse_rollout",
+    "rmse",
+    "nll",
+    "crps",
+    "coverage_50",
+    "coverage_90",
+    "coverage_95",
+    "miscalibration_area",
+    "sigma_rel_error",
 }
 
 
@@ -41,8 +49,14 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_writes_the_run_directory(tiny_run):
-    for name in ("config.yaml", "command.txt", "metrics.json", "report.html", "train_log.jsonl",
-                 "examples.safetensors"):
+    for name in (
+        "config.yaml",
+        "command.txt",
+        "metrics.json",
+        "report.html",
+        "train_log.jsonl",
+        "examples.safetensors",
+    ):
         assert (tiny_run / name).is_file(), name
     for model in ("orchestra", "mlp"):
         assert (tiny_run / "checkpoint" / model / "latest.json").is_file()
@@ -133,8 +147,17 @@ def _bad_data_file(tmp_path, kind):
         (["run", "burgers", "--set", "model.dd=4"], "did you mean 'd'"),
         (["run", "burgers", "--set", "train.steps=many"], "train.steps"),
         (["run", "burgers", "--set", "data.grid=30"], "not divisible by model.cells=4"),
-        (["run", "burgers", "--set", "model.graph.kind=explicit", "--set",
-          "model.graph.edges=[[0, 4]]"], "naming cell 4"),
+        (
+            [
+                "run",
+                "burgers",
+                "--set",
+                "model.graph.kind=explicit",
+                "--set",
+                "model.graph.edges=[[0, 4]]",
+            ],
+            "naming cell 4",
+        ),
         (["run", "--resume", "{tmp}"], "not a run directory"),
         (["eval", "{tmp}/nowhere"], "does not exist"),
         (["report", "{tmp}"], "no metrics.json"),

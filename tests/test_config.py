@@ -29,7 +29,12 @@ def test_every_shipped_recipe_instantiates(name, tmp_path):
 def test_default_recipe_is_phase_zero():
     r = load_recipe()
     assert (r.name, r.model.cells, r.model.d, r.data.grid, r.model.graph.kind) == (
-        "burgers", 4, 64, 128, "ring")
+        "burgers",
+        4,
+        64,
+        128,
+        "ring",
+    )
 
 
 def test_set_overrides_are_typed():

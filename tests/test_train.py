@@ -99,6 +99,7 @@ def _stop_at(step):
     def cb(s, total, logs):
         if s == step:
             raise _Stop
+
     return cb
 
 

@@ -167,9 +167,7 @@ def run(
                 raise RunDirError("--set cannot change a run on --resume; start a new run instead")
             saved = pipeline.require_run_dir(resume)
             if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
-                raise RunDirError(
-                    f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}"
-                )
+                raise RunDirError(f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}")
             rec, target = saved, resume
         else:
             rec = config.load_recipe(recipe or "burgers", set_ or [])
@@ -180,7 +178,8 @@ def run(
                 if target.exists() and (not target.is_dir() or any(target.iterdir())):
                     what = "holds a run" if pipeline.is_run_dir(target) else "is not empty"
                     raise RunDirError(
-                        f"{target} {what}; continue it with --resume {target} or choose another --out"
+                        f"{target} {what}; continue it with --resume {target} "
+                        "or choose another --out"
                     )
         if resume is not None:
             words = ["run", rec.name, "--resume", str(target)]
@@ -192,7 +191,10 @@ def run(
         progress = _progress()
         try:
             metrics = pipeline.run(
-                rec, target, resume=resume is not None, command=command,
+                rec,
+                target,
+                resume=resume is not None,
+                command=command,
                 on_event=_ProgressEvents(progress),
             )
         finally:

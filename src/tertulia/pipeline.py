@@ -89,7 +89,9 @@ def check_splits(splits: dict[str, Trajectories], recipe: Recipe) -> None:
         if grid != recipe.data.grid:
             raise DataError(f"the data has {grid} grid points but data.grid={recipe.data.grid}")
         if grid % recipe.model.cells:
-            raise DataError(f"{grid} grid points do not split into model.cells={recipe.model.cells} patches")
+            raise DataError(
+                f"{grid} grid points do not split into model.cells={recipe.model.cells} patches"
+            )
 
 
 def data_scale(splits: dict[str, Trajectories]) -> float:
@@ -240,7 +242,9 @@ def evaluate_models(
     }
     test = splits["test"]
     t_ex = recipe.data.window - 1 + (test.y.shape[1] - recipe.data.window) // 2
-    window = torch.as_tensor(test.y[:1, t_ex - recipe.data.window + 1 : t_ex + 1], dtype=torch.float32)
+    window = torch.as_tensor(
+        test.y[:1, t_ex - recipe.data.window + 1 : t_ex + 1], dtype=torch.float32
+    )
     examples: dict[str, torch.Tensor] = {
         "x": torch.as_tensor(grid_points(recipe.data.grid), dtype=torch.float32),
         "input_last": window[0, -1].clone(),

@@ -88,9 +88,7 @@ def make_graph(
                 raise ConfigError(f"graph edge {e} must be a (source, target) pair")
             for v in e:
                 if not 0 <= v < n_base:
-                    raise ConfigError(
-                        f"graph edge {e} names cell {v}; cells are 0..{n_base - 1}"
-                    )
+                    raise ConfigError(f"graph edge {e} names cell {v}; cells are 0..{n_base - 1}")
             if e[0] == e[1]:
                 raise ConfigError(f"graph edge {e} is a self-loop; a cell keeps its own state")
         es.update(user)  # type: ignore[arg-type]

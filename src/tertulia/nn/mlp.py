@@ -21,7 +21,13 @@ from .heads import Prediction, soft_clamp_log_var
 
 def mlp_params(inputs: int, outputs: int, hidden: int, layers: int) -> int:
     """Parameter count of ``inputs → hidden (×layers, GELU) → outputs``."""
-    return inputs * hidden + hidden + (layers - 1) * (hidden * hidden + hidden) + hidden * outputs + outputs
+    return (
+        inputs * hidden
+        + hidden
+        + (layers - 1) * (hidden * hidden + hidden)
+        + hidden * outputs
+        + outputs
+    )
 
 
 def hidden_for_params(inputs: int, outputs: int, layers: int, target: int) -> int:

@@ -98,14 +98,18 @@ class Orchestra(nn.Module):
         self.encoder = StackedLinear(n_upd, window * self.patch, d)
         self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d)
         self.messenger = AttentionMessenger(graph, d=d, d_msg=d_msg, d_key=d_key)
-        self.memory = MemorySlots(graph.memory_slots, d=d, d_msg=d_msg) if graph.memory_slots else None
+        self.memory = (
+            MemorySlots(graph.memory_slots, d=d, d_msg=d_msg) if graph.memory_slots else None
+        )
         self.head = StackedGaussianHead(n, d=d, points=self.patch + 2 * halo)
         self.register_buffer("scale", torch.tensor(float(scale)))
         # Global grid index of every point a cell predicts, halo included: (n, P + 2h).
         offsets = torch.arange(-halo, self.patch + halo)
         starts = torch.arange(n)[:, None] * self.patch
         self.register_buffer("point_index", (starts + offsets) % grid, persistent=False)
-        halo_pos = torch.cat([torch.arange(halo), torch.arange(halo + self.patch, self.patch + 2 * halo)])
+        halo_pos = torch.cat(
+            [torch.arange(halo), torch.arange(halo + self.patch, self.patch + 2 * halo)]
+        )
         self.register_buffer("halo_pos", halo_pos, persistent=False)
 
     # ------------------------------------------------------------------ rounds

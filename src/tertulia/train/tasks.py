@@ -139,7 +139,9 @@ class ForecastTask:
         with torch.no_grad():
             batch = split.batch(rows)
             pred = self.model(batch.x)
-            return float(gaussian_nll_points(batch.y, pred.mean, pred.log_var).mean()) + 0.5 * LOG_2PI
+            return (
+                float(gaussian_nll_points(batch.y, pred.mean, pred.log_var).mean()) + 0.5 * LOG_2PI
+            )
 
     # --------------------------------------------------------------- evaluation
 
@@ -157,8 +159,11 @@ class ForecastTask:
                 batch = split.batch(rows)
                 pred = self.model(batch.x)
                 for key, val in (
-                    ("mean", pred.mean), ("std", pred.std), ("y", batch.y),
-                    ("u", batch.u), ("sigma", batch.sigma),
+                    ("mean", pred.mean),
+                    ("std", pred.std),
+                    ("y", batch.y),
+                    ("u", batch.u),
+                    ("sigma", batch.sigma),
                 ):
                     out[key].append(val)
                 if pred.trace is not None:

@@ -101,7 +101,9 @@ class Trainer:
         self.meta = meta or {}
         self.model = task.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr
+        )
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
