@@ -43,7 +43,7 @@ class NoiseConfig(_Section):
     """Heteroscedastic observation noise ``y = u + σ ε``, ``σ = σ0 + σ1 |u|``."""
 
     sigma0: float = Field(0.02, ge=0)
-    sigma1: float = Field(0.1, ge=0)
+    sigma1: float = Field(0.05, ge=0)
 
 
 class DataConfig(_Section):
@@ -54,15 +54,15 @@ class DataConfig(_Section):
         None, description="read trajectories from a .npz/.safetensors file instead of generating"
     )
     grid: int = Field(128, ge=8)
-    nu: float = Field(0.1, gt=0, description="viscosity / diffusivity")
+    nu: float = Field(0.05, gt=0, description="viscosity / diffusivity")
     speed: float = Field(1.0, description="advection speed c")
-    dt: float = Field(0.05, gt=0, description="time between saved frames")
+    dt: float = Field(0.1, gt=0, description="time between saved frames")
     frames: int = Field(40, ge=3, description="saved frames per trajectory (t = 0, dt, …)")
     solver_dt: float = Field(1e-3, gt=0, description="internal time step of the Burgers solver")
     refine: int = Field(
         2, ge=1, description="Burgers is solved on grid·refine points, then subsampled to grid"
     )
-    n_train: int = Field(256, ge=1)
+    n_train: int = Field(512, ge=1)
     n_val: int = Field(32, ge=1)
     n_test: int = Field(64, ge=1)
     seed: int = 0
@@ -119,7 +119,7 @@ class TrainConfig(_Section):
         "bptt", description="bptt: gradient through every round; truncated: last grad_rounds"
     )
     grad_rounds: int = Field(2, ge=1, description="rounds with gradient in truncated mode")
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(5000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
