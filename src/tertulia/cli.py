@@ -20,7 +20,6 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -64,7 +63,13 @@ class _ProgressEvents:
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         p = self.progress
-        if event == "data":
+        if event == "data_generate":
+            p.console.print(
+                f"generating {payload['equation']} data: {payload['count']} trajectories "
+                "(cached for next time) …",
+                highlight=False,
+            )
+        elif event == "data":
             sizes = "/".join(str(v) for v in payload["sizes"].values())
             p.console.print(
                 f"data: {payload['source']}, {sizes} train/val/test trajectories "
@@ -80,9 +85,9 @@ class _ProgressEvents:
             if task is None:
                 return
             logs = payload["logs"]
-            info = f"loss {logs.get('loss', float('nan')):.4f}"
+            info = f"loss {logs.get('loss', float('nan')):.3f}"
             if "residual" in logs:
-                info += f"  residual {logs['residual']:.2e}"
+                info += f" res {logs['residual']:.1e}"
             p.update(task, completed=payload["step"], info=info)
         elif event == "train_end":
             name = payload["model"]
@@ -91,6 +96,8 @@ class _ProgressEvents:
             if payload.get("skipped_steps"):
                 p.console.print(f"{name}: skipped {payload['skipped_steps']} non-finite steps")
         elif event == "evaluate":
+            if p.live.is_started:
+                p.stop()  # training is over: freeze the bars above what follows
             p.console.print("evaluating on the test split …")
         elif event == "report":
             p.console.print("writing report …")
@@ -101,17 +108,16 @@ class _SpeedColumn(ProgressColumn):
 
     def render(self, task: Any) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("  —  steps/s" if speed is None else f"{speed:6.1f} steps/s", style="green")
+        return Text("   — it/s" if speed is None else f"{speed:5.0f} it/s", style="green")
 
 
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         _SpeedColumn(),
         TextColumn("[cyan]{task.fields[info]}"),
-        TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
     )

@@ -28,7 +28,7 @@ from torch import nn
 from . import build
 from ._io import atomic_write, atomic_write_json, atomic_write_text
 from .config import Recipe, load_resolved
-from .data import Trajectories, load_dataset
+from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
 from .errors import DataError, RunDirError
 from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
@@ -141,6 +141,9 @@ def run(
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.
     started = time.perf_counter()
+    if will_generate(recipe.data):
+        d = recipe.data
+        on_event("data_generate", {"equation": d.equation, "count": d.n_train + d.n_val + d.n_test})
     splits = load_dataset(recipe.data)
     check_splits(splits, recipe)
     on_event(

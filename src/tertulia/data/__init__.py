@@ -23,6 +23,7 @@ from .pde import load_file as load_file
 from .pde import observe as observe
 from .pde import random_initial_conditions as random_initial_conditions
 from .pde import simulate as simulate
+from .pde import will_generate as will_generate
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -44,4 +45,5 @@ __all__ = [
     "observe",
     "random_initial_conditions",
     "simulate",
+    "will_generate",
 ]

@@ -418,6 +418,13 @@ def _from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, Trajectories]:
     }
 
 
+def will_generate(cfg: DataConfig) -> bool:
+    """True when :func:`load_dataset` is going to solve PDEs (no file, no cached copy)."""
+    if cfg.path:
+        return False
+    return not cfg.cache or not cache_path(dataset_key(cfg)).is_file()
+
+
 def load_dataset(cfg: DataConfig) -> dict[str, Trajectories]:
     """The configured splits: read ``cfg.path``, or generate (cached if ``cfg.cache``)."""
     if cfg.path:
