@@ -230,3 +230,60 @@ def test_default_out_dir_never_clobbers(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
     assert (tmp_path / "runs" / "burgers" / "metrics.json").is_file()
     assert (tmp_path / "runs" / "burgers-2" / "metrics.json").is_file()
+
+
+def test_divergence_stops_with_exit_2_and_keeps_the_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    result = invoke(
+        "run",
+        "burgers",
+        "--out",
+        out,
+        *_sets(
+            [
+                "train.lr=1e30",
+                "train.clip=1e30",
+                "train.warmup=0",
+                "train.steps=40",
+                "train.nan_patience=5",
+                "train.checkpoint_every=1",
+            ]
+        ),
+    )
+    assert result.exit_code == 2, result.output
+    assert "diverged" in result.output and "last good checkpoint" in result.output
+    from tertulia.train import load_checkpoint
+
+    groups, meta = load_checkpoint(out / "checkpoint" / "orchestra")
+    assert all(bool(t.isfinite().all()) for t in groups["model"].values())
+    assert not (out / "metrics.json").exists()
+
+
+def test_ctrl_c_names_the_resume_command(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tertulia",
+        "run",
+        "smoke",
+        "--out",
+        str(out),
+        "--set",
+        "train.steps=5000",
+        "--set",
+        "train.checkpoint_every=10",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pointer = out / "checkpoint" / "orchestra" / "latest.json"
+    deadline = time.time() + 120
+    while not pointer.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"tertulia run smoke --resume {out}" in " ".join(err.split())
+    assert "Traceback" not in err

@@ -38,9 +38,7 @@ def test_pipeline_variants_produce_finite_metrics(tmp_path, variant):
 
 
 def test_messages_count_edges_of_the_chosen_graph(tmp_path):
-    recipe = load_recipe(
-        "burgers", TINY + ["model.graph.coordinator=true", "baselines.mlp=false"]
-    )
+    recipe = load_recipe("burgers", TINY + ["model.graph.coordinator=true", "baselines.mlp=false"])
     orch = pipeline.run(recipe, tmp_path / "run")["models"]["orchestra"]
     edges = 8 + 2 * 4  # ring of 4 plus the coordinator's links both ways
     assert orch["messages_per_prediction"] == recipe.model.rounds * edges * recipe.model.d_msg

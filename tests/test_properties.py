@@ -27,7 +27,7 @@ def test_coverage_grows_with_the_level(seed):
     y, mean, std = _gaussian(seed)
     levels = [0.1, 0.3, 0.5, 0.7, 0.9, 0.99]
     curve = M.calibration_curve(y, mean, std, levels)
-    assert all(a <= b for a, b in zip(curve, curve[1:]))
+    assert all(a <= b for a, b in zip(curve, curve[1:], strict=False))
 
 
 @settings(max_examples=30, deadline=None)
@@ -40,8 +40,9 @@ def test_scores_transform_with_units(seed, shift, scale):
     c2 = M.crps_gaussian(scale * y + shift, scale * mean + shift, scale * std)
     assert abs(c2 - scale * c) <= 1e-9 * max(1.0, scale * c)
     # coverage is unit-free
-    assert M.coverage(y, mean, std, 0.9) == M.coverage(scale * y + shift, scale * mean + shift,
-                                                       scale * std, 0.9)
+    assert M.coverage(y, mean, std, 0.9) == M.coverage(
+        scale * y + shift, scale * mean + shift, scale * std, 0.9
+    )
     # nRMSE is scale-free
     a = M.nrmse(mean, y)
     assert abs(M.nrmse(scale * mean, scale * y) - a) <= 1e-9 * max(1.0, a)

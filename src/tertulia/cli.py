@@ -50,7 +50,7 @@ def _guard(debug: bool, fn: Callable[[], T]) -> T:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("interrupted; resume with --resume RUN_DIR", highlight=False)
+        console.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
 
 
@@ -203,6 +203,15 @@ def run(
                 command=command,
                 on_event=_ProgressEvents(progress),
             )
+        except KeyboardInterrupt:
+            if progress.live.is_started:
+                progress.stop()
+            console.print(
+                "interrupted; continue from the last checkpoint with: "
+                f"tertulia run {rec.name} --resume {target}",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
         finally:
             if progress.live.is_started:
                 progress.stop()

@@ -77,6 +77,21 @@ class Orchestra(nn.Module):
         solver: Unrolled | None = None,
         scale: float = 1.0,
     ):
+        """Build the cells, the messenger and the heads.
+
+        Args:
+            grid: points G of the field; the graph's ``cells`` must divide it.
+            window: past frames w each cell sees.
+            graph: who talks to whom (:func:`tertulia.nn.make_graph`).
+            d, d_msg, d_key: state, message and attention-key sizes.
+            hidden_mult: cell MLP width as a multiple of ``d``.
+            halo: points each cell also predicts past each patch edge (for R).
+            schedule: ``"sync"`` (Jacobi) or ``"async"`` (Gauss–Seidel).
+            order: async update order, ``"fixed"`` or ``"random"`` (torch RNG).
+            kernel: ``"batched"`` stacked kernel or the per-cell ``"loop"`` reference.
+            solver: runs the rounds (default ``Unrolled(6)``).
+            scale: data standard deviation; inputs are divided by it internally.
+        """
         super().__init__()
         n = graph.cells
         if grid % n:
