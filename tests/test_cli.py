@@ -196,7 +196,10 @@ def test_user_data_file_trains(tmp_path):
     path = _write_npz(tmp_path / "mine.npz", u=u, y=y)
     result = invoke("run", "burgers", "--out", tmp_path / "r", *_sets([f"data.path={path}"]))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "r" / "metrics.json").is_file()
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    # no true σ in the file: σ-recovery is not scored rather than scored against zeros
+    assert "sigma_rel_error" not in metrics["models"]["orchestra"]
+    assert "nrmse_1step" in metrics["models"]["orchestra"]
 
 
 def test_existing_run_is_never_overwritten(tiny_run):

@@ -16,6 +16,7 @@ data, then :func:`evaluate_models` judges them on the test split.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -210,12 +211,23 @@ def evaluate_and_write(
     metrics["train"] = summaries
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write(out / "examples.safetensors", lambda tmp: save_file(examples, tmp))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", _json_safe(metrics))
     on_event("report", {})
     from .report import build_report  # matplotlib is imported only when a report is made
 
     build_report(out)
     return metrics
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/Inf are not JSON: a diverged model's scores are written as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 # ------------------------------------------------------------------ evaluation

@@ -237,8 +237,9 @@ class ForecastTask:
             "coverage_90": scores["coverage_90"],
             "coverage_95": scores["coverage_95"],
             "miscalibration_area": scores["miscalibration_area"],
-            "sigma_rel_error": M.sigma_rel_error(p["std"], p["sigma"]),
         }
+        if bool((p["sigma"] > 0).any()):  # user data may come without the true noise σ
+            metrics["sigma_rel_error"] = M.sigma_rel_error(p["std"], p["sigma"])
         curves: dict[str, Any] = {
             "rollout_nrmse": roll["nrmse_per_step"].tolist(),
             "calibration_levels": levels,
