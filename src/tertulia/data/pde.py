@@ -29,7 +29,10 @@ Trefethen 2005). One step of size ``h`` with ``E = e^{hL}``, ``E₂ = e^{hL/2}``
     f₃ = h (-4 - 3z - z² + e^{z}(4 - z)) / z³,     z = hL
 
 The ``f`` are averaged over ``M`` points of a unit circle centred on each ``z`` (a
-contour integral), so nothing cancels catastrophically as ``z → 0``.
+contour integral), so nothing cancels catastrophically as ``z → 0``. ``simulate``
+solves Burgers on ``G·refine`` points and keeps every ``refine``-th one, so steep
+fronts at small ν stay resolved while the models see ``G`` points (the initial
+sines are the same on both grids).
 
 Cole–Hopf reference for ``u0 = A sin x``: ``u = -2ν φ_x / φ`` with ``φ_t = ν φ_xx``
 and ``φ0 = exp(A cos x / (2ν))``. With ``z = A/(2ν)`` and ``e^{z cos x} = I₀(z) +
