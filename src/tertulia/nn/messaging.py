@@ -66,17 +66,18 @@ class AttentionMessenger(nn.Module):
     def reference(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-receiver loop over explicit neighbour lists (slow, readable)."""
         batch, n_nodes, _ = s.shape
-        messages = []
+        messages = s.new_zeros(batch, n_nodes, self.proj.out_features)
         alpha = s.new_zeros(batch, n_nodes, n_nodes)
         for i in range(n_nodes):
-            messages.append(self.message_to(i, s))
             senders = self.senders[i]
-            if senders:
-                u = torch.stack([self.emit.forward_one(j, s[:, j]) for j in senders], dim=1)
-                q = self.query.forward_one(i, s[:, i])
-                a = torch.softmax(torch.einsum("bk,bjk->bj", q, self.key(u)) * self.scale, -1)
-                alpha[:, i, senders] = a
-        return torch.stack(messages, dim=1), alpha
+            if not senders:
+                continue  # nobody talks to i: zero message, zero attention
+            u = torch.stack([self.emit.forward_one(j, s[:, j]) for j in senders], dim=1)
+            q = self.query.forward_one(i, s[:, i])
+            a = torch.softmax(torch.einsum("bk,bjk->bj", q, self.key(u)) * self.scale, dim=-1)
+            alpha[:, i, senders] = a
+            messages[:, i] = torch.einsum("bj,bjm->bm", a, self.proj(u))
+        return messages, alpha
 
 
 class MemorySlots(nn.Module):
