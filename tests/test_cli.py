@@ -290,3 +290,33 @@ def test_ctrl_c_names_the_resume_command(tmp_path):
     assert proc.returncode == 130
     assert f"tertulia run smoke --resume {out}" in " ".join(err.split())
     assert "Traceback" not in err
+
+
+def test_show_prints_the_resolved_recipe():
+    import yaml
+
+    result = invoke("show", "burgers", "--set", "model.d=32")
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["model"]["d"] == 32 and shown["train"]["steps"] == 5000
+    result = invoke("show", "burgers", "--set", "model.q=1")
+    assert result.exit_code == 2 and "unknown key 'model.q'" in result.output
+
+
+def test_load_run_gives_trained_models(tiny_run, tmp_path):
+    import torch
+
+    from tertulia import load_run
+    from tertulia.errors import RunDirError
+
+    run = load_run(tiny_run)
+    assert set(run.models) == {"orchestra", "mlp"} and run.recipe.model.d == 8
+    assert run.summaries["orchestra"]["steps"] == 6
+    orch = run.models["orchestra"]
+    assert not orch.training and float(orch.scale) != 1.0  # the data scale came back
+    with torch.no_grad():
+        pred = orch(torch.randn(3, 2, 32))
+    assert pred.mean.shape == (3, 32) and torch.isfinite(pred.std).all()
+    (tmp_path / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    with pytest.raises(RunDirError, match="no checkpoint for orchestra"):
+        load_run(tmp_path)

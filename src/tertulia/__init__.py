@@ -16,6 +16,8 @@ from .nn import GaussianMLP as GaussianMLP
 from .nn import Orchestra as Orchestra
 from .nn import Prediction as Prediction
 from .nn import make_graph as make_graph
+from .pipeline import LoadedRun as LoadedRun
+from .pipeline import load_run as load_run
 from .solvers import Truncated as Truncated
 from .solvers import Unrolled as Unrolled
 

@@ -234,6 +234,33 @@ def recipes() -> None:
     out_console.print(table)
 
 
+@app.command()
+def show(
+    recipe: Annotated[
+        str, typer.Argument(help="A shipped recipe name or a YAML path.")
+    ] = "burgers",
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a recipe key: --set model.d=32 (repeatable)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the resolved recipe (every key, defaults filled in, overrides applied) as YAML."""
+
+    def _show() -> None:
+        from .config import load_recipe
+
+        out_console.print(
+            load_recipe(recipe, set_ or []).to_yaml(),
+            end="",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    _guard(debug, _show)
+
+
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by 'tertulia run'.")],

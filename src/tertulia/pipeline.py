@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -286,16 +287,30 @@ def evaluate_models(
     return results, examples
 
 
-def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
-    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report."""
+@dataclass
+class LoadedRun:
+    """A finished (or interrupted) run: its recipe and its trained models."""
+
+    path: Path
+    recipe: Recipe
+    models: dict[str, nn.Module]  # trained models with their EMA weights, in eval mode
+    summaries: dict[str, dict[str, Any]]  # steps, skipped steps, seconds per model
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a run's trained models from its checkpoints (no data needed).
+
+    >>> run = load_run("runs/burgers")                       # doctest: +SKIP
+    >>> pred = run.models["orchestra"](past_frames)          # (B, w, G) -> Prediction
+    """
+    run_dir = Path(run_dir)
     recipe = require_run_dir(run_dir)
-    splits = load_dataset(recipe.data)
-    check_splits(splits, recipe)
-    models = build_models(recipe, splits)
+    orchestra = build.build_orchestra(recipe)  # the data scale comes back with the weights
+    models: dict[str, nn.Module] = {"orchestra": orchestra}
+    if recipe.baselines.mlp:
+        models["mlp"] = build.build_mlp(recipe, params=build.count_parameters(orchestra))
     summaries: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
-        if build.count_parameters(model) == 0:
-            continue
         folder = run_dir / "checkpoint" / name
         if not has_checkpoint(folder):
             raise RunDirError(
@@ -304,9 +319,23 @@ def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
             )
         groups, meta = load_checkpoint(folder)
         model.load_state_dict(groups.get("ema", groups["model"]))
+        model.eval()
         summaries[name] = {
             "steps": meta["step"],
             "skipped_steps": meta.get("skipped_steps", 0),
             "seconds": meta.get("seconds", 0.0),
         }
-    return evaluate_and_write(recipe, models, splits, run_dir, summaries, on_event=on_event)
+    return LoadedRun(path=run_dir, recipe=recipe, models=models, summaries=summaries)
+
+
+def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
+    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report."""
+    run = load_run(run_dir)
+    splits = load_dataset(run.recipe.data)
+    check_splits(splits, run.recipe)
+    models = dict(run.models)
+    if run.recipe.baselines.persistence:
+        models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
+    return evaluate_and_write(
+        run.recipe, models, splits, run.path, run.summaries, on_event=on_event
+    )
