@@ -75,6 +75,7 @@ class _ProgressEvents:
                 f"data: {payload['source']}, {sizes} train/val/test trajectories "
                 f"({payload['seconds']:.1f} s)\nrun directory: {payload['out']}",
                 highlight=False,
+                soft_wrap=True,
             )
         elif event == "train_start":
             p.start()  # the bar appears with the first training, not before
@@ -210,13 +211,14 @@ def run(
                 "interrupted; continue from the last checkpoint with: "
                 f"tertulia run {rec.name} --resume {target}",
                 highlight=False,
+                soft_wrap=True,  # a wrapped path could not be copied
             )
             raise typer.Exit(130) from None
         finally:
             if progress.live.is_started:
                 progress.stop()
         _print_metrics(metrics)
-        out_console.print(f"report: {target / 'report.html'}", highlight=False)
+        out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _run)
 
@@ -272,7 +274,7 @@ def eval_(
         from . import pipeline
 
         _print_metrics(pipeline.evaluate_run(run_dir))
-        out_console.print(f"metrics: {run_dir / 'metrics.json'}", highlight=False)
+        out_console.print(f"metrics: {run_dir / 'metrics.json'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _eval)
 
@@ -289,7 +291,7 @@ def report(
 
         if not run_dir.is_dir():
             raise RunDirError(f"{run_dir} does not exist; give a run directory")
-        out_console.print(f"report: {build_report(run_dir)}", highlight=False)
+        out_console.print(f"report: {build_report(run_dir)}", highlight=False, soft_wrap=True)
 
     _guard(debug, _report)
 
