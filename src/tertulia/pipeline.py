@@ -107,15 +107,20 @@ def persistence_sigma(splits: dict[str, Trajectories]) -> float:
     return float((y[:, 1:] - y[:, :-1]).pow(2).mean().sqrt().clamp_min(1e-8))
 
 
-def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, nn.Module]:
-    """Every model of the run, deterministically initialised from the recipe seed."""
-    scale = data_scale(splits)
+def build_trainable_models(recipe: Recipe, *, scale: float = 1.0) -> dict[str, nn.Module]:
+    """The orchestra and (if enabled) the same-size MLP, seeded from the recipe."""
     torch.manual_seed(recipe.seed)
     models: dict[str, nn.Module] = {"orchestra": build.build_orchestra(recipe, scale=scale)}
     if recipe.baselines.mlp:
         torch.manual_seed(recipe.seed + 1)
         params = build.count_parameters(models["orchestra"])
         models["mlp"] = build.build_mlp(recipe, params=params, scale=scale)
+    return models
+
+
+def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, nn.Module]:
+    """Every model of the run, deterministically initialised from the recipe seed."""
+    models = build_trainable_models(recipe, scale=data_scale(splits))
     if recipe.baselines.persistence:
         models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
     return models
@@ -305,10 +310,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """
     run_dir = Path(run_dir)
     recipe = require_run_dir(run_dir)
-    orchestra = build.build_orchestra(recipe)  # the data scale comes back with the weights
-    models: dict[str, nn.Module] = {"orchestra": orchestra}
-    if recipe.baselines.mlp:
-        models["mlp"] = build.build_mlp(recipe, params=build.count_parameters(orchestra))
+    models = build_trainable_models(recipe)  # the data scale comes back with the weights
     summaries: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         folder = run_dir / "checkpoint" / name

@@ -74,6 +74,14 @@ def has_checkpoint(directory: str | os.PathLike) -> bool:
     return (Path(directory) / LATEST).is_file()
 
 
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """Step of the latest complete checkpoint, or None when there is none."""
+    try:
+        return int(json.loads((Path(directory) / LATEST).read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def load_checkpoint(
     directory: str | os.PathLike,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:

@@ -36,6 +36,7 @@ from ..config import TrainConfig
 from ..errors import TrainingDiverged
 from .checkpoint import (
     has_checkpoint,
+    latest_step,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -254,9 +255,9 @@ class Trainer:
 
     def _diverged_message(self, streak: int) -> str:
         where = "no checkpoint was written yet"
-        if self.checkpoint_dir is not None and has_checkpoint(self.checkpoint_dir):
-            latest = json.loads((self.checkpoint_dir / "latest.json").read_text())
-            where = f"last good checkpoint kept in {self.checkpoint_dir} (step {latest['step']})"
+        step = latest_step(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if step is not None:
+            where = f"last good checkpoint kept in {self.checkpoint_dir} (step {step})"
         return (
             f"training of {self.name} diverged: loss or gradient non-finite for {streak} "
             f"consecutive steps (at step {self.step}, {self.skipped} skipped in all); {where}; "
