@@ -16,11 +16,46 @@ from .errors import ConfigError
 from .nn.graph import Graph, make_graph
 from .nn.mlp import GaussianMLP, Persistence, hidden_for_params
 from .nn.orchestra import Orchestra
-from .solvers import Truncated, Unrolled
+from .solvers import Equilibrium, SolverSpec, Truncated, Unrolled
 
-SOLVERS: dict[str, Callable[[ModelConfig, TrainConfig], Unrolled]] = {
-    "bptt": lambda m, t: Unrolled(m.rounds, tol=m.tol),
-    "truncated": lambda m, t: Truncated(m.rounds, grad_rounds=t.grad_rounds, tol=m.tol),
+
+def forward_spec(model: ModelConfig) -> SolverSpec:
+    """The forward fixed-point solver of ``model.solver`` bounded by ``model.rounds``."""
+    s = model.solver
+    return SolverSpec(
+        s.kind,
+        tol=model.tol,
+        max_iter=model.rounds,
+        damping=s.damping,
+        memory=s.memory,
+        mixing=s.mixing,
+        lam=s.lam,
+    )
+
+
+def _equilibrium(m: ModelConfig, t: TrainConfig) -> Equilibrium:
+    adjoint = SolverSpec(
+        t.deq.solver,
+        tol=t.deq.tol,
+        max_iter=t.deq.max_iter,
+        memory=m.solver.memory,
+        lam=m.solver.lam,
+    )
+    return Equilibrium(
+        forward_spec(m),
+        backward=t.deq.backward,
+        adjoint=adjoint,
+        phantom_steps=t.deq.phantom_steps,
+        phantom_damping=t.deq.phantom_damping,
+    )
+
+
+SOLVERS: dict[str, Callable[[ModelConfig, TrainConfig], Unrolled | Equilibrium]] = {
+    "bptt": lambda m, t: Unrolled(m.rounds, tol=m.tol, damping=m.solver.damping),
+    "truncated": lambda m, t: Truncated(
+        m.rounds, grad_rounds=t.grad_rounds, tol=m.tol, damping=m.solver.damping
+    ),
+    "deq": _equilibrium,
 }
 
 
@@ -41,7 +76,7 @@ def build_graph(model: ModelConfig) -> Graph:
     )
 
 
-def build_solver(recipe: Recipe) -> Unrolled:
+def build_solver(recipe: Recipe) -> Unrolled | Equilibrium:
     return _choose(SOLVERS, recipe.train.mode, "train.mode")(recipe.model, recipe.train)
 
 
@@ -61,6 +96,7 @@ def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
         kernel=m.kernel,
         solver=build_solver(recipe),
         scale=scale,
+        skip=m.skip,
     )
 
 

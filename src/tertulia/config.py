@@ -86,6 +86,20 @@ class GraphConfig(_Section):
     memory_slots: int = Field(0, ge=0, description="shared memory slots read/written by attention")
 
 
+class SolverConfig(_Section):
+    """Forward fixed-point solver of ``S* = F(S*, X)`` (used by ``train.mode=deq``).
+
+    ``bptt`` and ``truncated`` always unroll damped Picard rounds, so that
+    evaluation repeats exactly the computation that was trained.
+    """
+
+    kind: Literal["picard", "anderson", "broyden"] = "anderson"
+    damping: float = Field(1.0, gt=0, le=1, description="Picard: S <- (1-λ)S + λF(S)")
+    memory: int = Field(5, ge=1, description="Anderson history m / Broyden rank")
+    mixing: float = Field(1.0, gt=0, le=1, description="Anderson mixing β")
+    lam: float = Field(1e-4, ge=0, description="Anderson least-squares regularisation")
+
+
 class ModelConfig(_Section):
     """The orchestra: ``cells`` tiny recursive models over contiguous patches."""
 
@@ -103,6 +117,14 @@ class ModelConfig(_Section):
         "batched", description="batched stacked-weight kernel or the per-cell reference loop"
     )
     graph: GraphConfig = GraphConfig()
+    solver: SolverConfig = SolverConfig()
+    skip: Literal["state", "input"] = Field(
+        "state",
+        description="cell update s' = s + g(…) ('state', residual) or e + g(…) ('input', DEQ form)",
+    )
+    spectral_norm: float | None = Field(
+        None, gt=0, description="bound on the largest singular value of every cell/message map"
+    )
 
 
 class BaselinesConfig(_Section):
@@ -114,9 +136,39 @@ class BaselinesConfig(_Section):
 # ---------------------------------------------------------------------------- train
 
 
+class DEQConfig(_Section):
+    """Backward pass of ``train.mode=deq``."""
+
+    backward: Literal["implicit", "phantom"] = Field(
+        "implicit",
+        description="implicit: solve g = Jᵀg + ∂L/∂S*; phantom: k damped rounds from S*",
+    )
+    solver: Literal["picard", "anderson", "broyden"] = Field(
+        "anderson", description="solver of the adjoint fixed point"
+    )
+    tol: float = Field(1e-4, gt=0, description="relative residual of the adjoint solve")
+    max_iter: int = Field(30, ge=1)
+    phantom_steps: int = Field(5, ge=1, description="k rounds of the phantom gradient")
+    phantom_damping: float = Field(0.5, gt=0, le=1, description="λ of the phantom rounds")
+
+
+class BlocksConfig(_Section):
+    """Block training (seed §4.3): only some cells learn at each step."""
+
+    kind: Literal["none", "round_robin", "custom"] = "none"
+    size: int = Field(1, ge=1, description="cells per round-robin block")
+    every: int = Field(100, ge=1, description="steps before the next block takes over")
+    schedule: list[list[int]] = Field(
+        default_factory=list, description="kind=custom: the blocks in order, e.g. [[0, 1], [2, 3]]"
+    )
+    shared: bool = Field(True, description="train the shared (non-per-cell) parameters always")
+
+
 class TrainConfig(_Section):
-    mode: Literal["bptt", "truncated"] = Field(
-        "bptt", description="bptt: gradient through every round; truncated: last grad_rounds"
+    mode: Literal["bptt", "truncated", "deq"] = Field(
+        "bptt",
+        description="bptt: gradient through every round; truncated: last grad_rounds; "
+        "deq: solve to the fixed point, differentiate implicitly",
     )
     grad_rounds: int = Field(2, ge=1, description="rounds with gradient in truncated mode")
     steps: int = Field(5000, ge=1)
@@ -136,12 +188,44 @@ class TrainConfig(_Section):
     log_every: int = Field(20, ge=1)
     nan_patience: int = Field(20, ge=1, description="consecutive non-finite steps before stopping")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    deq: DEQConfig = DEQConfig()
+    blocks: BlocksConfig = BlocksConfig()
+    jac_reg: float = Field(0.0, ge=0, description="weight of the Jacobian Frobenius penalty")
+    jac_reg_every: int = Field(1, ge=1, description="apply the Jacobian penalty every k steps")
+    jac_reg_samples: int = Field(1, ge=1, description="Hutchinson probe vectors")
+    rho_every: int = Field(0, ge=0, description="log the contraction factor ρ every k steps")
+
+
+class OODConfig(_Section):
+    """Test sets generated outside the training range, one per shifted quantity."""
+
+    enabled: bool = True
+    nu: list[float] = Field(default_factory=lambda: [0.02, 0.1])
+    amplitude: list[float] = Field(default_factory=lambda: [2.0])
+    noise: list[float] = Field(
+        default_factory=lambda: [3.0], description="factors multiplying sigma0 and sigma1"
+    )
+    n: int = Field(32, ge=1, description="trajectories per condition")
+
+
+class AdversarialConfig(_Section):
+    """FGSM and PGD on the input window, ‖δ‖∞ ≤ ε·RMS(window) per sample."""
+
+    enabled: bool = True
+    eps: list[float] = Field(default_factory=lambda: [0.01, 0.05])
+    pgd_steps: int = Field(10, ge=1)
+    samples: int = Field(512, ge=1, description="test samples attacked")
+    objective: Literal["nll", "mse"] = "nll"
 
 
 class EvalConfig(_Section):
     rollout_steps: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
     calibration_levels: int = Field(19, ge=3)
+    rho: bool = Field(True, description="contraction factor ρ per test sample (orchestra)")
+    rho_iters: int = Field(20, ge=1, description="power iterations for ρ")
+    ood: OODConfig = OODConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
 
 
 class Recipe(_Section):
@@ -179,6 +263,23 @@ class Recipe(_Section):
             )
         g = m.graph
         n_nodes = m.cells + int(g.coordinator)
+        blocks = self.train.blocks
+        if blocks.kind == "custom":
+            if not blocks.schedule or not all(blocks.schedule):
+                raise ValueError(
+                    "train.blocks.kind=custom needs train.blocks.schedule, "
+                    "a list of non-empty cell lists, e.g. [[0, 1], [2, 3]]"
+                )
+            for block in blocks.schedule:
+                for c in block:
+                    if not 0 <= c < n_nodes:
+                        raise ValueError(
+                            f"train.blocks.schedule names cell {c}; cells are 0..{n_nodes - 1}"
+                        )
+        if blocks.kind == "round_robin" and blocks.size > n_nodes:
+            raise ValueError(
+                f"train.blocks.size={blocks.size} exceeds the {n_nodes} cells of the model"
+            )
         if g.kind == "explicit" and not g.edges:
             raise ValueError("model.graph.kind=explicit needs model.graph.edges, e.g. [[0, 1]]")
         for s, t in g.edges:

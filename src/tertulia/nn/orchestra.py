@@ -27,12 +27,15 @@ Legend: B batch, w window, G grid, n cells, P patch, h halo, N nodes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from ..solvers import SolverTrace, Unrolled
+from ..solvers import Equilibrium, SolverTrace, Unrolled
 from .cells import CellBank
 from .graph import Graph
 from .heads import Prediction, StackedGaussianHead
@@ -42,11 +45,16 @@ from .stacked import StackedLinear
 
 @dataclass
 class OrchestraTrace:
-    """How the rounds went: residual per round, rounds used, last attention map."""
+    """How the rounds went: residual per round, rounds used, last attention map.
+
+    ``round_map`` is the round ``S ↦ F(S)`` of this forward pass (it closes over
+    the encoded inputs), so stability tools can linearise it at ``solver.state``.
+    """
 
     solver: SolverTrace
     attention: torch.Tensor  # (N, N) batch-mean attention of the last round
-    messages: int  # floats sent per prediction: rounds × edges × d_m
+    messages: float  # floats sent per prediction: mean rounds × edges × d_m
+    round_map: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def rounds(self) -> int:
@@ -74,8 +82,9 @@ class Orchestra(nn.Module):
         schedule: str = "sync",
         order: str = "fixed",
         kernel: str = "batched",
-        solver: Unrolled | None = None,
+        solver: Unrolled | Equilibrium | None = None,
         scale: float = 1.0,
+        skip: str = "state",
     ):
         """Build the cells, the messenger and the heads.
 
@@ -91,6 +100,7 @@ class Orchestra(nn.Module):
             kernel: ``"batched"`` stacked kernel or the per-cell ``"loop"`` reference.
             solver: runs the rounds (default ``Unrolled(6)``).
             scale: data standard deviation; inputs are divided by it internally.
+            skip: cell skip connection, ``"state"`` (residual) or ``"input"`` (DEQ form).
         """
         super().__init__()
         n = graph.cells
@@ -111,7 +121,7 @@ class Orchestra(nn.Module):
         self.d_msg = d_msg
         n_upd = graph.updating_cells
         self.encoder = StackedLinear(n_upd, window * self.patch, d)
-        self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d)
+        self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d, skip=skip)
         self.messenger = AttentionMessenger(graph, d=d, d_msg=d_msg, d_key=d_key)
         self.memory = (
             MemorySlots(graph.memory_slots, d=d, d_msg=d_msg) if graph.memory_slots else None
@@ -184,7 +194,14 @@ class Orchestra(nn.Module):
         s0 = e if self.memory is None else torch.cat([e, self.memory.initial(b)], dim=1)
         box: dict = {}
         round_fn = self._round_sync if self.schedule == "sync" else self._round_async
-        s, strace = self.solver.solve(lambda s_: round_fn(s_, e, box), s0)
+
+        def round_map(s_: torch.Tensor) -> torch.Tensor:
+            return round_fn(s_, e, box)
+
+        # Spectrally bounded weights are computed once per forward, not once per round.
+        cache = parametrize.cached() if self._parametrized() else nullcontext()
+        with cache:
+            s, strace = self.solver.solve(round_map, s0)
 
         delta, log_var = self.head(s[:, : self.cells])  # (B, n, P + 2h) each
         last = xn[:, -1][:, self.point_index]  # (B, n, P + 2h)
@@ -204,7 +221,8 @@ class Orchestra(nn.Module):
         trace = OrchestraTrace(
             solver=strace,
             attention=attention.detach().mean(dim=0),
-            messages=strace.rounds * len(self.graph) * self.d_msg,
+            messages=strace.iterations_mean * len(self.graph) * self.d_msg,
+            round_map=round_map,
         )
         return Prediction(
             mean=mean * self.scale,
@@ -212,6 +230,36 @@ class Orchestra(nn.Module):
             trace=trace,
             aux=aux,
         )
+
+    def _parametrized(self) -> bool:
+        return any(parametrize.is_parametrized(m) for m in self.modules())
+
+    def per_cell_parameters(self) -> list[tuple[nn.Parameter, list[int]]]:
+        """Every parameter stacked per node, with the node index of each row of axis 0.
+
+        Nodes are numbered as in the graph: cells, then the coordinator, then
+        memory slots. Parameters not listed (the shared key/value protocol)
+        belong to no node. Block training freezes rows of these tensors.
+        """
+        n_upd = self.graph.updating_cells
+        groups: list[tuple[nn.Module, list[int]]] = [
+            (self.encoder, list(range(n_upd))),
+            (self.bank, list(range(n_upd))),
+            (self.messenger.emit, list(range(self.graph.nodes))),
+            (self.messenger.query, list(range(self.graph.nodes))),
+            (self.head, list(range(self.cells))),
+        ]
+        if self.memory is not None:
+            groups.append((self.memory, list(range(n_upd, self.graph.nodes))))
+        out = []
+        for module, rows in groups:
+            for p in module.parameters():
+                if p.shape[0] != len(rows):
+                    raise RuntimeError(
+                        f"parameter of shape {tuple(p.shape)} is not stacked per node"
+                    )
+                out.append((p, rows))
+        return out
 
     def messages_per_round(self) -> int:
         return len(self.graph) * self.d_msg
