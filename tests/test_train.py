@@ -35,7 +35,7 @@ class ToyTask:
         x = torch.randn(16, 3, generator=generator)
         return x, x @ self.w.T
 
-    def loss(self, batch):
+    def loss(self, batch, step=0):
         x, y = batch
         out = self.model(x)
         pred = Prediction(mean=out[:, :1], log_var=out[:, 1:])

@@ -17,6 +17,7 @@ from .nn.graph import Graph, make_graph
 from .nn.mlp import GaussianMLP, Persistence, hidden_for_params
 from .nn.orchestra import Orchestra
 from .solvers import Equilibrium, SolverSpec, Truncated, Unrolled
+from .stability import spectral_bound
 
 
 def forward_spec(model: ModelConfig) -> SolverSpec:
@@ -81,8 +82,9 @@ def build_solver(recipe: Recipe) -> Unrolled | Equilibrium:
 
 
 def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
+    """The orchestra of ``recipe``; with ``model.spectral_norm`` its round maps are bounded."""
     m = recipe.model
-    return Orchestra(
+    orchestra = Orchestra(
         grid=recipe.data.grid,
         window=recipe.data.window,
         graph=build_graph(m),
@@ -98,6 +100,11 @@ def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
         scale=scale,
         skip=m.skip,
     )
+    if m.spectral_norm is not None:
+        # every linear map inside the round: the cells' MLPs and the messenger
+        spectral_bound(orchestra.bank, m.spectral_norm)
+        spectral_bound(orchestra.messenger, m.spectral_norm)
+    return orchestra
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -89,6 +89,10 @@ class _ProgressEvents:
             info = f"loss {logs.get('loss', float('nan')):.3f}"
             if "residual" in logs:
                 info += f" res {logs['residual']:.1e}"
+            if "iterations" in logs and logs.get("unconverged") is not None:
+                info += f" it {logs['iterations']:.1f}"
+            if "backward_iterations" in logs:
+                info += f" bwd {logs['backward_iterations']:.1f}"
             p.update(task, completed=payload["step"], info=info)
         elif event == "train_end":
             name = payload["model"]
@@ -100,6 +104,14 @@ class _ProgressEvents:
             if p.live.is_started:
                 p.stop()  # training is over: freeze the bars above what follows
             p.console.print("evaluating on the test split …")
+        elif event == "robustness":
+            if payload["what"] == "ood":
+                p.console.print(
+                    "out-of-distribution sets: " + ", ".join(payload["conditions"]) + " …"
+                )
+            else:
+                eps = ", ".join(f"{e:g}" for e in payload["eps"])
+                p.console.print(f"FGSM/PGD attacks, ε = {eps} …")
         elif event == "report":
             p.console.print("writing report …")
 

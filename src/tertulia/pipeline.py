@@ -33,6 +33,7 @@ from .config import Recipe, load_resolved
 from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
 from .errors import DataError, RunDirError
+from .robustness import evaluate_adversarial, evaluate_ood, ood_datasets
 from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -196,7 +197,12 @@ def run(
             "skipped_steps": summary.skipped_steps,
             "seconds": round(summary.seconds, 3),
             "resumed_from": summary.resumed_from,
+            **summary.stats,
         }
+        if name == "orchestra":
+            summaries[name]["mode"] = recipe.train.mode
+            if recipe.train.mode == "deq":
+                summaries[name]["backward"] = recipe.train.deq.backward
         on_event("train_end", {"model": name, **summaries[name]})
 
     return evaluate_and_write(recipe, models, splits, out, summaries, on_event=on_event)
@@ -215,6 +221,9 @@ def evaluate_and_write(
     started = time.perf_counter()
     metrics, examples = evaluate_models(recipe, models, splits)
     metrics["train"] = summaries
+    robustness = evaluate_robustness(recipe, models, splits, on_event=on_event)
+    if robustness:
+        metrics["robustness"] = robustness
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write(out / "examples.safetensors", lambda tmp: save_file(examples, tmp))
     atomic_write_json(out / "metrics.json", _json_safe(metrics))
@@ -223,6 +232,45 @@ def evaluate_and_write(
 
     build_report(out)
     return metrics
+
+
+def evaluate_robustness(
+    recipe: Recipe,
+    models: dict[str, nn.Module],
+    splits: dict[str, Trajectories],
+    *,
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """OOD sets and adversarial attacks (seed §12.4) for every model, as configured."""
+    ev, out = recipe.eval, {}
+    if ev.ood.enabled:
+        sets = ood_datasets(recipe.data, ev.ood)
+        if sets or sets.skipped:
+            on_event("robustness", {"what": "ood", "conditions": list(sets)})
+            out["ood"] = {
+                name: evaluate_ood(
+                    model,
+                    splits["test"],
+                    sets,
+                    window=recipe.data.window,
+                    batch_size=ev.batch_size,
+                )
+                for name, model in models.items()
+            }
+    if ev.adversarial.enabled:
+        on_event("robustness", {"what": "adversarial", "eps": ev.adversarial.eps})
+        out["adversarial"] = {
+            name: evaluate_adversarial(
+                model,
+                splits["test"],
+                ev.adversarial,
+                window=recipe.data.window,
+                batch_size=ev.batch_size,
+                seed=recipe.seed,
+            )
+            for name, model in models.items()
+        }
+    return out
 
 
 def _json_safe(obj: Any) -> Any:
@@ -284,6 +332,9 @@ def evaluate_models(
         if "residual_per_round" in curves:
             results["curves"]["residual_per_round"] = curves["residual_per_round"]
             results["curves"]["attention"] = curves["attention"]
+        for key in ("rho", "iterations"):
+            if key in curves:
+                results["curves"][key] = curves[key]
         pred = model(window)
         examples[f"{name}.mean"] = pred.mean[0].float().contiguous()
         examples[f"{name}.std"] = pred.std[0].float().contiguous()

@@ -1,14 +1,36 @@
 r"""Rebuild a self-contained HTML report from a run directory alone.
 
 Inputs (only ``metrics.json`` is required; every other piece, section, model
-or curve may be missing and its table row, column or figure is then skipped):
+or curve may be missing, null or malformed and its table row, column or figure
+is then skipped):
 
     metrics.json          recipe, description, params, models.{m}.{metric},
                           curves.{rollout_nrmse, calibration, residual_per_round,
-                          attention, cells}, train.{m}, data
+                          attention, cells, rho, iterations}, train.{m}, data,
+                          robustness.{ood, adversarial}.{m}
     examples.safetensors  x, input_last, truth, obs: (G,);  {m}.mean, {m}.std: (G,);
                           rollout.truth, {m}.rollout_mean: (K, G)
     train_log.jsonl       one {"model", "step", "loss", ...} object per line
+
+Equilibrium (fixed-point solver) inputs, all optional:
+
+    models.{m}            iterations_mean, converged_fraction, rho_mean, rho_max,
+                          rho_below_1 (test split)
+    train.{m}             unconverged_fraction, forward_iterations_mean,
+                          backward_iterations_mean, peak_activation_mb,
+                          mode (bptt | truncated | deq), backward (implicit | phantom)
+    curves.rho            ρ_b per test sample of the orchestra: (B,)
+    curves.iterations     forward solver iterations per test sample: (B,)
+    train_log.jsonl       per record: iterations, backward_iterations, unconverged,
+                          rho (some steps only), activation_mb, block
+
+Robustness inputs (``tertulia.robustness``), all optional:
+
+    robustness.ood.{m}          evaluate_ood: in_distribution, conditions [{name,
+                                scores, nrmse_ratio, std_ratio, sigma_follows_error …}],
+                                spearman_std_error, skipped {name: reason}
+    robustness.adversarial.{m}  evaluate_adversarial: rows [{method, eps, nrmse,
+                                nrmse_ratio, nll, coverage_90 …}], samples
 
 Outputs, written atomically into the run directory: one PNG per figure and
 ``report.html``, a single page with the PNGs embedded as base64 data URIs,
@@ -17,11 +39,14 @@ inline CSS, no scripts and no external resources.
 "Best" in the metrics table: lower wins for errors (nrmse, rmse, mse, mae,
 *_error), nll, crps and the miscalibration area; for ``coverage_XX`` the value
 closest to the nominal XX/100 wins. Other rows (rounds, residuals, message
-counts) are not ranked.
+counts, solver iterations, converged fractions, ρ, activation memory) are not
+ranked. The robustness tables bold, per row, the best nrmse, nll and coverage_90
+by the same rules.
 
 Axes
 ----
     G   grid points;  K   rollout steps;  L   calibration levels;  n   cells
+    B   test samples
 """
 
 from __future__ import annotations
@@ -54,6 +79,9 @@ _CANONICAL_ORDER = ("orchestra", "mlp", "persistence")
 _LOWER_IS_BETTER_TOKENS = frozenset(
     {"nrmse", "rmse", "mse", "mae", "nll", "crps", "error", "miscalibration"}
 )
+# Solver diagnostics describe cost and stability, not accuracy: never ranked, even
+# when a name also holds a token above (e.g. "rho_error").
+_UNRANKED_TOKENS = frozenset({"iterations", "converged", "unconverged", "rho", "activation"})
 _COVERAGE_KEY = re.compile(r"^coverage_(\d+)$")
 
 
@@ -187,11 +215,14 @@ def _format_count(value: Any) -> str:
 
 def _ranking(key: str) -> tuple[Callable[[float], float], str] | None:
     """A score where lower is better for ``key`` and a word on it, or None."""
+    tokens = set(key.lower().split("_"))
+    if _UNRANKED_TOKENS & tokens:
+        return None
     match = _COVERAGE_KEY.match(key)
     if match:
         nominal = int(match.group(1)) / 100.0
         return (lambda v: abs(v - nominal)), f"closest to {nominal:g}"
-    if _LOWER_IS_BETTER_TOKENS & set(key.lower().split("_")):
+    if _LOWER_IS_BETTER_TOKENS & tokens:
         return (lambda v: v), "lower"
     return None
 

@@ -14,11 +14,19 @@ What each figure shows (y observed frame, μ/σ predictive mean/std):
     attention_figure    α_ij, row i = receiving cell, column j = sender
     training_figure     training loss (and validation NLL, residual) per step
     spacetime_figure    truth | mean | |mean − truth| of one rollout
+    rho_figure          histogram of the contraction factor ρ_b ≈ ‖∂F/∂S‖₂ at S*_b
+    iterations_figure   histogram of the forward solver iterations per sample
+    solver_training_figure  forward/backward solver iterations (and mean ρ) per step
+    ood_figure          nRMSE_shift / nRMSE_in and σ̄_shift / σ̄_in per OOD condition
+    adversarial_figure  nRMSE and 90% coverage against the attack radius ε
 
 Axes
 ----
     G   grid points of the 1-D field
     K   rollout steps
+    B   test samples (ρ, iterations)
+    C   OOD conditions
+    E   attack radii ε
     L   nominal levels of the calibration curve
     R   message rounds
     n   cells
@@ -39,13 +47,18 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "DPI",
+    "adversarial_figure",
     "attention_figure",
     "calibration_figure",
     "figure_png",
+    "iterations_figure",
     "model_color",
+    "ood_figure",
     "prediction_figure",
     "residual_figure",
+    "rho_figure",
     "rollout_figure",
+    "solver_training_figure",
     "spacetime_figure",
     "training_figure",
 ]
@@ -358,4 +371,222 @@ def spacetime_figure(
         ax.set_xlabel("x")
     axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("rollout step k")
+    return fig
+
+
+def _histogram_bins(values: np.ndarray) -> int:
+    return int(min(40, max(5, round(math.sqrt(values.size)))))
+
+
+def rho_figure(rho: Sequence[float]) -> Figure:
+    """Histogram of the contraction factor ρ per sample (B,), a line at ρ = 1 and the
+    fraction of samples below 1 in the title (non-finite ρ counts as not below 1)."""
+    v = np.asarray(rho, dtype=np.float64).ravel()
+    if v.size == 0:
+        raise ValueError("rho must hold at least one value")
+    finite = v[np.isfinite(v)]
+    below = float(np.mean(v < 1.0))
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    if finite.size:
+        ax.hist(finite, bins=_histogram_bins(finite), color=model_color("orchestra"),
+                alpha=0.85, edgecolor="white", lw=0.5)  # fmt: skip
+    ax.axvline(1.0, color="#d62728", ls="--", lw=1.4, label="ρ = 1 (contraction limit)")
+    ax.set_xlabel("contraction factor ρ ≈ ‖∂F/∂S‖₂ at the fixed point")
+    ax.set_ylabel("test samples")
+    ax.set_title(f"Contraction factor per test sample: {below:.1%} below 1")
+    if finite.size < v.size:
+        ax.text(0.99, 0.97, f"{v.size - finite.size} non-finite not shown",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8)  # fmt: skip
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8.5)
+    return fig
+
+
+def iterations_figure(iterations: Sequence[float]) -> Figure:
+    """Histogram of the forward solver iterations per sample (B,), one bin per count
+    when the counts are integers over a short range; a line marks the mean."""
+    v = np.asarray(iterations, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("iterations must hold at least one finite value")
+    lo, hi = float(v.min()), float(v.max())
+    if np.all(v == np.round(v)) and hi - lo <= 80:
+        bins: Any = np.arange(lo - 0.5, hi + 1.5)
+    else:
+        bins = _histogram_bins(v)
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.subplots()
+    ax.hist(v, bins=bins, color=model_color("orchestra"), alpha=0.85, edgecolor="white", lw=0.5)
+    mean = float(v.mean())
+    ax.axvline(mean, color="black", ls="--", lw=1.2, label=f"mean {mean:.3g}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("forward solver iterations")
+    ax.set_ylabel("test samples")
+    ax.set_title("Forward solver iterations per test sample")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8.5)
+    return fig
+
+
+def _plot_steps(
+    ax: Axes, steps: np.ndarray, values: np.ndarray, *, color: str, ls: str, label: str
+) -> None:
+    """Raw values, with a moving average on top for long series (as in training_figure)."""
+    if values.size > 50:
+        ax.plot(steps, values, color=color, lw=0.7, ls=ls, alpha=0.3)
+        ax.plot(steps, _smooth(values, max(5, values.size // 50)), color=color, lw=1.8, ls=ls,
+                label=label)  # fmt: skip
+    else:
+        ax.plot(steps, values, color=color, lw=1.5, ls=ls, marker=".", label=label)
+
+
+def solver_training_figure(
+    records_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> Figure | None:
+    """Forward (solid) and backward (dashed) solver iterations per training step for
+    every model that logged them, and a second panel with the logged mean ρ.
+
+    Reads the keys ``iterations``, ``backward_iterations`` and ``rho`` of the records;
+    returns ``None`` when no record holds a numeric ``step`` and one of them.
+    """
+    iters = {}
+    rhos = {}
+    for name, records in records_by_model.items():
+        forward, backward = _series(records, "iterations"), _series(records, "backward_iterations")
+        if forward[0].size or backward[0].size:
+            iters[name] = (forward, backward)
+        rho = _series(records, "rho")
+        if rho[0].size:
+            rhos[name] = rho
+    panels = int(bool(iters)) + int(bool(rhos))
+    if not panels:
+        return None
+    fig = _new_figure(5.8 * panels, 4.0)
+    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    if iters:
+        ax = axes.pop(0)
+        for name, ((fs, fv), (bs, bv)) in iters.items():
+            color = model_color(name)
+            if fv.size:
+                _plot_steps(ax, fs, fv, color=color, ls="-", label=f"{name} forward")
+            if bv.size:
+                _plot_steps(ax, bs, bv, color=color, ls="--", label=f"{name} backward (adjoint)")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("solver iterations (batch mean)")
+        ax.set_title("Solver iterations during training")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if rhos:
+        ax = axes.pop(0)
+        for name, (steps, rho) in rhos.items():
+            ax.plot(steps, rho, color=model_color(name), lw=1.4, marker=".", label=name)
+        ax.axhline(1.0, color="#d62728", ls="--", lw=1.2, label="ρ = 1")
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("mean contraction factor ρ")
+        ax.set_title("Contraction factor during training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def ood_figure(
+    conditions: Sequence[str], ratios: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+) -> Figure:
+    """Grouped bars of nRMSE_shift / nRMSE_in per condition (C,) and model, drawn from
+    the line ratio = 1; diamonds mark σ̄_shift / σ̄_in. Log y when every shown ratio is
+    positive. ``ratios`` maps a model to ``(nrmse_ratio, std_ratio)``, each (C,), NaN
+    where missing.
+    """
+    names = list(ratios)
+    if not names or not conditions:
+        raise ValueError("ood_figure needs at least one condition and one model")
+    c = len(conditions)
+    width = 0.8 / len(names)
+    fig = _new_figure(max(6.4, 1.6 + 0.45 * c * len(names) + 0.5 * c), 4.4)
+    ax = fig.subplots()
+    arrays = {
+        m: (np.asarray(r, dtype=np.float64), np.asarray(s, dtype=np.float64))
+        for m, (r, s) in ratios.items()
+    }
+    shown = np.concatenate([np.concatenate(v) for v in arrays.values()])
+    shown = shown[np.isfinite(shown)]
+    log = bool(shown.size) and bool(np.all(shown > 0))
+    x = np.arange(c, dtype=np.float64)
+    for i, name in enumerate(names):
+        error, sigma = arrays[name]
+        color = model_color(name)
+        offset = x + (i - (len(names) - 1) / 2) * width
+        ax.bar(offset, np.where(np.isfinite(error), error - 1.0, np.nan), width * 0.9,
+               bottom=1.0, color=color, alpha=0.85, label=f"{name}: nRMSE ratio")  # fmt: skip
+        ax.plot(offset, sigma, "D", color=color, mec="black", mew=0.8, ms=6,
+                label=f"{name}: σ̂ ratio")  # fmt: skip
+    ax.axhline(1.0, color="0.3", lw=1.0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        list(conditions), rotation=20 if c > 4 else 0, ha="right" if c > 4 else "center"
+    )
+    ax.set_ylabel("shifted / in-distribution")
+    ax.set_title("Out of distribution: error and predicted σ̂ relative to the test set")
+    ax.grid(alpha=0.3, axis="y", which="both")
+    ax.legend(fontsize=8, ncols=2)
+    return fig
+
+
+def adversarial_figure(
+    curves: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]]],
+) -> Figure:
+    """nRMSE (left, log y when positive) and 90% coverage (right) against the attack
+    radius ε for every model: FGSM dashed, PGD solid, both from the clean point at ε = 0.
+
+    ``curves[model][method]`` is ``(eps, nrmse, coverage_90)``, each (E,), for the
+    methods ``"fgsm"``, ``"pgd"`` and ``"none"`` (the clean scores, ε = 0).
+    """
+    if not curves:
+        raise ValueError("adversarial_figure needs at least one model")
+    fig = _new_figure(11.0, 4.2)
+    err_ax, cov_ax = fig.subplots(1, 2)
+    styles = {"fgsm": ("--", "s", "FGSM"), "pgd": ("-", "o", "PGD")}
+    plotted = []
+    for name, methods in curves.items():
+        color = model_color(name)
+        clean = methods.get("none")
+        start = None
+        if clean is not None and len(clean[0]):
+            start = (0.0, float(clean[1][0]), float(clean[2][0]))
+            err_ax.plot([0.0], [start[1]], "*", color=color, mec="black", ms=11, zorder=3)
+            cov_ax.plot([0.0], [start[2]], "*", color=color, mec="black", ms=11, zorder=3)
+        for method, (ls, marker, word) in styles.items():
+            if method not in methods:
+                continue
+            eps, nrmse, cov = (np.asarray(a, dtype=np.float64) for a in methods[method])
+            if start is not None and not np.any(eps == 0.0):
+                eps = np.concatenate([[start[0]], eps])
+                nrmse = np.concatenate([[start[1]], nrmse])
+                cov = np.concatenate([[start[2]], cov])
+            order = np.argsort(eps, kind="stable")
+            eps, nrmse, cov = eps[order], nrmse[order], cov[order]
+            label = f"{name} {word}"
+            err = _positive_or_nan(nrmse)
+            err_ax.plot(eps, err, ls=ls, marker=marker, ms=4, lw=1.6, color=color, label=label)
+            cov_ax.plot(eps, cov, ls=ls, marker=marker, ms=4, lw=1.6, color=color, label=label)
+            plotted.append(err)
+    _set_log_y_if_possible(err_ax, *plotted)
+    err_ax.set_xlabel("attack radius ε (relative to the window RMS)")
+    err_ax.set_ylabel("nRMSE")
+    err_ax.set_title("Error under attack (★ clean)")
+    err_ax.grid(alpha=0.3, which="both")
+    err_ax.legend(fontsize=8)
+    cov_ax.axhline(0.9, color="0.4", ls=":", lw=1.2, label="nominal 0.9")
+    cov_ax.set_ylim(-0.02, 1.02)
+    cov_ax.set_xlabel("attack radius ε (relative to the window RMS)")
+    cov_ax.set_ylabel("coverage of the 90% interval")
+    cov_ax.set_title("Calibration under attack")
+    cov_ax.grid(alpha=0.3)
+    cov_ax.legend(fontsize=8)
     return fig

@@ -30,9 +30,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import metrics as M
 from ..config import EvalConfig, TrainConfig
+from ..solvers import SolverTrace
+from ..stability import contraction_factor, jacobian_frobenius
 
 LOG_2PI = 1.8378770664093453
 
@@ -44,7 +47,7 @@ class Task(Protocol):
 
     def sample_batch(self, generator: torch.Generator) -> Any: ...
 
-    def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, batch: Any, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
 @dataclass
@@ -103,6 +106,7 @@ class ForecastTask:
         self.cells = cells
         weights = train.cell_weights or [1.0] * cells
         self.cell_weights = torch.tensor(weights, dtype=torch.float32)
+        self._last_solver: SolverTrace | None = None
 
     # ----------------------------------------------------------------- training
 
@@ -111,7 +115,8 @@ class ForecastTask:
         rows = torch.randint(len(split), (self.cfg.batch_size,), generator=generator)
         return split.batch(rows)
 
-    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. (4) plus the optional Jacobian penalty ``jac_reg · ‖∂F/∂S‖_F² / D`` at S*."""
         pred = self.model(batch.x)
         per_point = gaussian_nll_points(batch.y, pred.mean, pred.log_var)  # (B, G)
         if self.cfg.loss == "beta_nll":
@@ -127,10 +132,40 @@ class ForecastTask:
         if "state_norm" in pred.aux and self.cfg.state_norm > 0:
             loss = loss + self.cfg.state_norm * pred.aux["state_norm"]
         if pred.trace is not None:
-            logs["residual"] = pred.trace.residuals[-1]
-            logs["rounds"] = float(pred.trace.rounds)
+            st = pred.trace.solver
+            logs["residual"] = st.residuals[-1]
+            logs["rounds"] = float(st.rounds)
+            logs["iterations"] = st.iterations_mean
+            logs["unconverged"] = st.unconverged / b
+            self._last_solver = st
+            loss = loss + self._stability_terms(pred.trace, step, logs)
         logs["loss"] = float(loss.detach())
         return loss, logs
+
+    def _stability_terms(self, trace: Any, step: int, logs: dict[str, float]) -> torch.Tensor:
+        cfg, f, state = self.cfg, trace.round_map, trace.solver.state
+        penalty = torch.zeros(())
+        if f is None or state is None:
+            return penalty
+        with parametrize.cached():  # bounded weights computed once for all probes
+            if cfg.jac_reg > 0 and step % cfg.jac_reg_every == 0:
+                jac = jacobian_frobenius(f, state, samples=cfg.jac_reg_samples)
+                penalty = cfg.jac_reg * jac
+                logs["jac_reg"] = float(jac.detach())
+            if cfg.rho_every and step % cfg.rho_every == 0:
+                logs["rho"] = float(contraction_factor(f, state, iters=10).mean())
+        return penalty
+
+    def after_backward(self) -> dict[str, float]:
+        """Adjoint-solve statistics of the last step (implicit differentiation only)."""
+        st, self._last_solver = self._last_solver, None
+        if st is None or not st.backward:
+            return {}
+        return {
+            "backward_iterations": st.backward["iterations"],
+            "backward_residual": st.backward["residual"],
+            "backward_converged": st.backward["converged"],
+        }
 
     def validation_nll(self, *, max_samples: int = 2048) -> float:
         """Mean Gaussian NLL on (at most ``max_samples`` of) the validation split."""
@@ -146,13 +181,18 @@ class ForecastTask:
     # --------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def predict(self, split_name: str, *, batch_size: int) -> dict[str, Any]:
-        """One-step predictions for every sample of a split, plus trace summaries."""
+    def predict(self, split_name: str, *, batch_size: int, rho_iters: int = 0) -> dict[str, Any]:
+        """One-step predictions for every sample of a split, plus trace summaries.
+
+        With ``rho_iters > 0`` the contraction factor ρ = ‖∂F/∂S‖₂ at each
+        sample's final state is estimated by that many power iterations.
+        """
         split = self.splits[split_name]
         was_training = self.model.training
         self.model.eval()
         out: dict[str, list] = {k: [] for k in ("mean", "std", "y", "u", "sigma")}
         rounds, residual_curves, attentions, messages = [], [], [], []
+        iterations, converged, rhos = [], [], []
         try:
             for start in range(0, len(split), batch_size):
                 rows = torch.arange(start, min(start + batch_size, len(split)))
@@ -172,6 +212,16 @@ class ForecastTask:
                     residual_curves.append((pred.trace.residuals, w))
                     attentions.append((pred.trace.attention, w))
                     messages.append((pred.trace.messages, w))
+                    st = pred.trace.solver
+                    if st.iterations is not None:
+                        iterations.append(st.iterations)
+                        converged.append(st.sample_converged)
+                    if rho_iters and pred.trace.round_map is not None and st.state is not None:
+                        with parametrize.cached():
+                            rho = contraction_factor(
+                                pred.trace.round_map, st.state, iters=rho_iters
+                            )
+                        rhos.append(rho.float())
         finally:
             self.model.train(was_training)
         result: dict[str, Any] = {k: torch.cat(v) for k, v in out.items()}
@@ -187,6 +237,11 @@ class ForecastTask:
                 curve.append(sum(v * w for v, w in vals) / sum(w for _, w in vals))
             result["residual_per_round"] = curve
             result["residual_final"] = sum(c[-1] * w for c, w in residual_curves) / total
+        if iterations:
+            result["iterations"] = torch.cat(iterations)
+            result["converged"] = torch.cat(converged)
+        if rhos:
+            result["rho"] = torch.cat(rhos)
         return result
 
     @torch.no_grad()
@@ -223,7 +278,9 @@ class ForecastTask:
 
     def evaluate(self, split_name: str, cfg: EvalConfig) -> dict[str, Any]:
         """All metrics of the metrics.json contract for this model on one split."""
-        p = self.predict(split_name, batch_size=cfg.batch_size)
+        p = self.predict(
+            split_name, batch_size=cfg.batch_size, rho_iters=cfg.rho_iters if cfg.rho else 0
+        )
         levels = [(i + 1) / (cfg.calibration_levels + 1) for i in range(cfg.calibration_levels)]
         scores = M.gaussian_scores(p["y"], p["mean"], p["std"], levels=levels)
         roll = self.rollout(split_name, steps=cfg.rollout_steps, batch_size=cfg.batch_size)
@@ -251,4 +308,14 @@ class ForecastTask:
             metrics["messages_per_prediction"] = float(p["messages_per_prediction"])
             curves["residual_per_round"] = p["residual_per_round"]
             curves["attention"] = p["attention"].tolist()
+        if "iterations" in p:
+            metrics["iterations_mean"] = float(p["iterations"].double().mean())
+            metrics["converged_fraction"] = float(p["converged"].double().mean())
+            curves["iterations"] = p["iterations"].tolist()
+        if "rho" in p:
+            rho = p["rho"].double()
+            metrics["rho_mean"] = float(rho.mean())
+            metrics["rho_max"] = float(rho.max())
+            metrics["rho_below_1"] = float((rho < 1).double().mean())
+            curves["rho"] = [round(float(r), 5) for r in rho]
         return {"metrics": metrics, "curves": curves, "rollout": roll}

@@ -11,6 +11,12 @@ from its last checkpoint continues exactly as if it had never stopped:
 * batches: drawn from a ``torch.Generator`` whose state is saved;
 * torch's global RNG (random asynchronous orders) is saved too.
 
+With ``train.blocks`` set, only the cells of the current block learn
+(:mod:`tertulia.train.blocks`); frozen cells keep their weights and optimiser
+state bit-identical. Solver statistics (forward and adjoint iterations,
+samples whose solve did not converge) and the autograd memory of a step are
+accumulated, checkpointed and reported in the summary.
+
 A step whose loss or gradient norm is not finite is skipped and counted;
 ``nan_patience`` consecutive skips stop training with
 :class:`~tertulia.errors.TrainingDiverged`, leaving the last good checkpoint.
@@ -25,7 +31,8 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ import torch
 from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
+from .blocks import BlockFreezer
 from .checkpoint import (
     has_checkpoint,
     latest_step,
@@ -54,6 +62,34 @@ class TrainSummary:
     seconds: float
     resumed_from: int
     last_logs: dict[str, float]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class SavedTensorMeter:
+    """Bytes of distinct tensors autograd saves for backward during a step (activations).
+
+    Parameters are excluded (they exist anyway); a storage saved by several
+    operations is counted once. This is the memory that grows with the number
+    of unrolled rounds in BPTT and stays flat for implicit differentiation.
+    """
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self.exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self.seen: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.exclude:
+            self.seen[ptr] = storage.nbytes()
+        return t
+
+    @property
+    def megabytes(self) -> float:
+        return sum(self.seen.values()) / 2**20
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -112,6 +148,19 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.seconds = 0.0
+        self.freezer: BlockFreezer | None = None
+        if cfg.blocks.kind != "none" and hasattr(self.model, "per_cell_parameters"):
+            self.freezer = BlockFreezer.from_config(self.model, self.optimizer, cfg.blocks)
+        # running sums over training (checkpointed): solver iterations, unconverged samples
+        self.stats: dict[str, float] = {
+            "samples": 0.0,
+            "unconverged": 0.0,
+            "forward_iterations": 0.0,
+            "backward_iterations": 0.0,
+            "backward_steps": 0.0,
+            "forward_steps": 0.0,
+            "peak_activation_mb": 0.0,
+        }
 
     # ------------------------------------------------------------------- state
 
@@ -138,6 +187,7 @@ class Trainer:
             "total_steps": self.cfg.steps,
             "skipped_steps": self.skipped,
             "seconds": self.seconds,
+            "stats": self.stats,
             "optimizer": opt_meta,
         }
         save_checkpoint(self.checkpoint_dir, step=self.step, groups=groups, meta=meta)
@@ -158,6 +208,7 @@ class Trainer:
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
         self.seconds = float(meta.get("seconds", 0.0))
+        self.stats.update(meta.get("stats", {}))
         self._truncate_log(self.step)
         return self.step
 
@@ -209,16 +260,32 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batch = self.task.sample_batch(self.generator)
-            loss, logs = self.task.loss(batch)
+            measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
+            meter = SavedTensorMeter(self.params) if measure else None
+            with meter.hooks() if meter else nullcontext():
+                loss, logs = self.task.loss(batch, step=self.step)
+            if meter is not None:
+                logs["activation_mb"] = meter.megabytes
+                self.stats["peak_activation_mb"] = max(
+                    self.stats["peak_activation_mb"], meter.megabytes
+                )
             ok = bool(torch.isfinite(loss))
             if ok:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                logs.update(getattr(self.task, "after_backward", dict)())
+                if self.freezer is not None:
+                    self.freezer.mask_grads(self.step)
+                    logs["block"] = float(self.freezer.schedule.block_index(self.step))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip)
                 ok = bool(torch.isfinite(grad_norm))
                 logs["grad_norm"] = float(grad_norm)
+            self._count(logs)
             if ok:
-                self.optimizer.step()
+                if self.freezer is not None:
+                    self.freezer.step(self.step)
+                else:
+                    self.optimizer.step()
                 self._update_ema()
                 streak = 0
             else:
@@ -251,7 +318,30 @@ class Trainer:
             seconds=self.seconds,
             resumed_from=resumed_from,
             last_logs=logs,
+            stats=self.summary_stats(),
         )
+
+    def _count(self, logs: dict[str, float]) -> None:
+        st = self.stats
+        if "iterations" in logs:
+            st["samples"] += self.cfg.batch_size
+            st["unconverged"] += logs.get("unconverged", 0.0) * self.cfg.batch_size
+            st["forward_iterations"] += logs["iterations"]
+            st["forward_steps"] += 1
+        if "backward_iterations" in logs:
+            st["backward_iterations"] += logs["backward_iterations"]
+            st["backward_steps"] += 1
+
+    def summary_stats(self) -> dict[str, float]:
+        """Means over training of the solver statistics, and the peak activation memory."""
+        st = self.stats
+        out = {"peak_activation_mb": round(st["peak_activation_mb"], 3)}
+        if st["forward_steps"]:
+            out["forward_iterations_mean"] = st["forward_iterations"] / st["forward_steps"]
+            out["unconverged_fraction"] = st["unconverged"] / max(st["samples"], 1.0)
+        if st["backward_steps"]:
+            out["backward_iterations_mean"] = st["backward_iterations"] / st["backward_steps"]
+        return out
 
     def _diverged_message(self, streak: int) -> str:
         where = "no checkpoint was written yet"
