@@ -304,6 +304,256 @@ def _training_table(train: Mapping[str, Any]) -> str:
     )
 
 
+# (column header, section of metrics.json, key) of the equilibrium table
+_EQUILIBRIUM_COLUMNS = (
+    ("forward iterations (test)", "models", "iterations_mean"),
+    ("converged (test)", "models", "converged_fraction"),
+    ("ρ mean", "models", "rho_mean"),
+    ("ρ max", "models", "rho_max"),
+    ("fraction ρ < 1", "models", "rho_below_1"),
+    ("forward iterations (training)", "train", "forward_iterations_mean"),
+    ("backward iterations (training)", "train", "backward_iterations_mean"),
+    ("unconverged (training)", "train", "unconverged_fraction"),
+    ("peak activation MB", "train", "peak_activation_mb"),
+)
+
+
+def _training_mode(summary: Mapping[str, Any]) -> str:
+    """``"deq / implicit"`` from the string fields ``mode`` and ``backward`` ('' if none)."""
+    words = [summary.get(k) for k in ("mode", "backward")]
+    return " / ".join(w for w in words if isinstance(w, str) and w)
+
+
+def _equilibrium_table(run: _Run) -> str:
+    """One row per model with a numeric solver diagnostic; columns nobody has are dropped."""
+    sources = {
+        "models": run.models(),
+        "train": {m: v for m, v in run.section("train").items() if isinstance(v, dict)},
+    }
+    names = _order_models(list(sources["models"]) + list(sources["train"]))
+    values = {
+        m: [_number(sources[sec].get(m, {}).get(key)) for _, sec, key in _EQUILIBRIUM_COLUMNS]
+        for m in names
+    }
+    rows = [m for m in names if any(v is not None for v in values[m])]
+    if not rows:
+        return ""
+    used = [
+        i for i in range(len(_EQUILIBRIUM_COLUMNS)) if any(values[m][i] is not None for m in rows)
+    ]
+    modes = {m: _training_mode(sources["train"].get(m, {})) for m in rows}
+    show_mode = any(modes.values())
+    head = ("<th>training mode</th>" if show_mode else "") + "".join(
+        f"<th>{_e(_EQUILIBRIUM_COLUMNS[i][0])}</th>" for i in used
+    )
+    body = []
+    for m in rows:
+        cells = f"<td>{_e(modes[m] or '—')}</td>" if show_mode else ""
+        cells += "".join(f"<td>{_e(_format_value(values[m][i]))}</td>" for i in used)
+        body.append(f"<tr><th scope='row'>{_e(m)}</th>{cells}</tr>")
+    return (
+        f"<table class='equilibrium'><thead><tr><th>model</th>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+        "<p class='note'>Test columns: means over the test split (converged: fraction of "
+        "samples whose forward solve met the tolerance). ρ: contraction factor of the round "
+        "map at the fixed point, ρ ≈ ‖∂F/∂S‖₂; below 1 the rounds contract. Training "
+        "columns: means over the optimiser steps (backward: adjoint solver iterations of "
+        "the implicit gradient). Diagnostics, not scores: nothing is ranked.</p>"
+    )
+
+
+_IN_DISTRIBUTION = ""  # key of the in-distribution row (condition names are non-empty)
+# (column header, key) per model in the OOD and adversarial tables
+_OOD_COLUMNS = (
+    ("nRMSE", "nrmse"),
+    ("nRMSE ratio", "nrmse_ratio"),
+    ("NLL", "nll"),
+    ("coverage 90", "coverage_90"),
+    ("σ̂ ratio", "std_ratio"),
+    ("σ̂ follows error", "sigma_follows_error"),
+)
+_ADVERSARIAL_COLUMNS = (
+    ("nRMSE", "nrmse"),
+    ("nRMSE ratio", "nrmse_ratio"),
+    ("NLL", "nll"),
+    ("coverage 90", "coverage_90"),
+)
+_RANKED_ROBUSTNESS_KEYS = ("nrmse", "nll", "coverage_90")
+_METHOD_ORDER = {"none": 0, "fgsm": 1, "pgd": 2}
+_METHOD_LABEL = {"none": "clean", "fgsm": "FGSM", "pgd": "PGD"}
+
+
+def _robustness(run: _Run, key: str) -> dict[str, dict[str, Any]]:
+    """``robustness.{key}`` per model (dict entries only), in canonical model order."""
+    raw = run.section("robustness").get(key)
+    if not isinstance(raw, dict):
+        return {}
+    return {m: raw[m] for m in _order_models(list(raw)) if isinstance(raw[m], dict)}
+
+
+def _ood_rows(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Condition name → scores of one model; the in-distribution row first."""
+    rows: dict[str, dict[str, Any]] = {}
+    ref = entry.get("in_distribution")
+    if isinstance(ref, dict):
+        rows[_IN_DISTRIBUTION] = ref
+    conditions = entry.get("conditions")
+    for c in conditions if isinstance(conditions, list) else ():
+        if isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"]:
+            rows.setdefault(c["name"], c)
+    return rows
+
+
+def _adversarial_rows(entry: Mapping[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    """(method, ε) → scores of one model; rows without a string method or numeric ε dropped."""
+    rows: dict[tuple[str, float], dict[str, Any]] = {}
+    raw = entry.get("rows")
+    for r in raw if isinstance(raw, list) else ():
+        if not isinstance(r, dict):
+            continue
+        method, eps = r.get("method"), _number(r.get("eps"))
+        if isinstance(method, str) and eps is not None and math.isfinite(eps):
+            rows.setdefault((method, eps), r)
+    return rows
+
+
+def _flag(value: Any) -> str:
+    if value is True:
+        return "<td class='yes'>✓</td>"
+    if value is False:
+        return "<td class='no'>✗</td>"
+    return "<td>—</td>"
+
+
+def _grouped_table(
+    css: str,
+    row_heads: Sequence[str],
+    rows: Sequence[tuple[Sequence[str], Mapping[str, Mapping[str, Any]]]],
+    columns: Sequence[tuple[str, str]],
+) -> str:
+    """A table with ``columns`` under every model. ``rows`` holds (row header cells,
+    model → scores); numbers as elsewhere, booleans as ✓/✗, best per row in bold."""
+    models = list(dict.fromkeys(m for _, scores in rows for m in scores))
+    top = "".join(f"<th rowspan='2'>{_e(h)}</th>" for h in row_heads) + "".join(
+        f"<th colspan='{len(columns)}'>{_e(m)}</th>" for m in models
+    )
+    sub = "".join(f"<th>{_e(h)}</th>" for m in models for h, _ in columns)
+    body = []
+    for heads, scores in rows:
+        best = {
+            k: _best_models(k, {m: scores[m].get(k) for m in scores})[0]
+            for k in _RANKED_ROBUSTNESS_KEYS
+        }
+        cells = [f"<th scope='row'>{_e(h)}</th>" for h in heads]
+        for m in models:
+            for _, k in columns:
+                value = scores.get(m, {}).get(k)
+                if k == "sigma_follows_error":
+                    cells.append(_flag(value))
+                elif m in best.get(k, ()):
+                    cells.append(f"<td class='best'><b>{_e(_format_value(value))}</b></td>")
+                else:
+                    cells.append(f"<td>{_e(_format_value(value))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        f"<div class='scroll'><table class='{css}'><thead><tr>{top}</tr><tr>{sub}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _ood_tables(run: _Run) -> str:
+    entries = _robustness(run, "ood")
+    per_model = {m: r for m, e in entries.items() if (r := _ood_rows(e))}
+    parts = []
+    if per_model:
+        names = list(dict.fromkeys(c for rows in per_model.values() for c in rows))
+        names.sort(key=lambda c: c != _IN_DISTRIBUTION)  # stable: in distribution first
+        rows = [
+            (
+                ["in distribution" if c == _IN_DISTRIBUTION else c],
+                {m: r[c] for m, r in per_model.items() if c in r},
+            )
+            for c in names
+        ]
+        parts.append("<h3>Out of distribution</h3>")
+        parts.append(_grouped_table("ood", ["condition"], rows, _OOD_COLUMNS))
+        parts.append(
+            "<p class='note'>Each condition is a test set with one quantity shifted and "
+            "everything else as trained. Ratios: shifted / in distribution (nRMSE, and the "
+            "mean predicted σ̂). σ̂ follows error: ✓ when σ̂ grows whenever the error does "
+            "(or the error does not grow), ✗ when the model stays confident while its error "
+            "grows. <b>Bold</b>: best nRMSE, NLL and coverage per condition.</p>"
+        )
+    skipped: dict[str, dict[str, list[str]]] = {}
+    for m, e in entries.items():
+        raw = e.get("skipped")
+        for name, reason in raw.items() if isinstance(raw, dict) else ():
+            skipped.setdefault(str(name), {}).setdefault(_format_value(reason), []).append(m)
+    if skipped:
+        items = []
+        for name, reasons in skipped.items():
+            for reason, models in reasons.items():
+                who = "" if len(models) == len(entries) else f" ({', '.join(models)})"
+                items.append(f"<li><b>{_e(name)}</b>{_e(who)}: {_e(reason)}</li>")
+        parts.append(
+            f"<p class='note'>Skipped conditions:</p><ul class='note'>{''.join(items)}</ul>"
+        )
+    spearman = {
+        m: e["spearman_std_error"]
+        for m, e in entries.items()
+        if "spearman_std_error" in e
+        and (e["spearman_std_error"] is None or _number(e["spearman_std_error"]) is not None)
+    }
+    if spearman:
+        values = ", ".join(
+            f"{m} {_format_value(v) if v is not None else '— (undefined)'}"
+            for m, v in spearman.items()
+        )
+        parts.append(
+            "<p class='note spearman'>Spearman rank correlation between σ̂ and the error per "
+            "sample, pooled over the test set and every condition (1: σ̂ orders the samples "
+            f"by their error, 0: no relation): {_e(values)}.</p>"
+        )
+    return "".join(parts)
+
+
+def _adversarial_table(run: _Run) -> str:
+    entries = _robustness(run, "adversarial")
+    per_model = {m: r for m, e in entries.items() if (r := _adversarial_rows(e))}
+    if not per_model:
+        return ""
+    keys = list(dict.fromkeys(k for rows in per_model.values() for k in rows))
+    keys.sort(key=lambda k: (_METHOD_ORDER.get(k[0], len(_METHOD_ORDER)), k[0], k[1]))
+    rows = [
+        (
+            [_METHOD_LABEL.get(method, method), _format_value(eps)],
+            {m: r[(method, eps)] for m, r in per_model.items() if (method, eps) in r},
+        )
+        for method, eps in keys
+    ]
+    samples = {
+        m: entries[m]["samples"]
+        for m in per_model
+        if _number(entries[m].get("samples")) is not None
+    }
+    counts = set(samples.values())
+    if len(counts) == 1 and len(samples) == len(per_model):
+        on = f" on {_format_count(next(iter(counts)))} test samples"
+    elif samples:
+        on = " on " + ", ".join(f"{_format_count(n)} ({m})" for m, n in samples.items())
+        on += " test samples"
+    else:
+        on = ""
+    return (
+        "<h3>Adversarial inputs</h3>"
+        + _grouped_table("adversarial", ["attack", "ε"], rows, _ADVERSARIAL_COLUMNS)
+        + f"<p class='note'>Scores{_e(on)} when the input window is perturbed within "
+        "‖δ‖∞ ≤ ε · RMS(window) to maximise the loss (FGSM: one signed-gradient step; PGD: "
+        "projected steps from a random start). nRMSE ratio: attacked / clean. "
+        "<b>Bold</b>: best nRMSE, NLL and coverage per attack.</p>"
+    )
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -504,6 +754,115 @@ def _spacetime(run: _Run, models: list[str]) -> _Figure | None:
     )
 
 
+def _rho(run: _Run) -> _Figure | None:
+    rho = _float_list(run.section("curves").get("rho"))
+    if rho is None:
+        return None
+    return _Figure(
+        "rho",
+        "Contraction at the fixed point",
+        "Histogram over the test samples of the contraction factor ρ of the orchestra's "
+        "round map F at each sample's fixed point, ρ ≈ ‖∂F/∂S‖₂ (power iteration). Left of "
+        "the red line (ρ < 1) F contracts locally: the fixed point is attracting and the "
+        "rounds approach it geometrically, the faster the smaller ρ. Samples right of the "
+        "line are where the equilibrium is fragile.",
+        plots.figure_png(plots.rho_figure(rho)),
+    )
+
+
+def _iterations(run: _Run) -> _Figure | None:
+    iterations = _float_list(run.section("curves").get("iterations"))
+    if iterations is None or not np.isfinite(iterations).any():
+        return None
+    return _Figure(
+        "iterations",
+        "Forward solver iterations",
+        "Histogram over the test samples of the evaluations of the round map the forward "
+        "solver needed to meet its tolerance; samples that never converged sit at the "
+        "iteration cap. A narrow peak at a small count means the equilibrium is cheap and "
+        "reached uniformly; a long tail shows the inputs that are hard to settle.",
+        plots.figure_png(plots.iterations_figure(iterations)),
+    )
+
+
+def _solver_training(run: _Run) -> _Figure | None:
+    if not run.log:
+        return None
+    log = {m: run.log[m] for m in _order_models(list(run.log))}
+    fig = plots.solver_training_figure(log)
+    if fig is None:
+        return None
+    caption = (
+        "Mean solver iterations per batch against optimiser step: solid the forward "
+        "fixed-point solve, dashed the adjoint solve of the implicit backward pass (thick "
+        "lines a moving average for long runs). Rising counts mean the equilibrium is "
+        "getting harder to reach as the model trains."
+    )
+    if any("rho" in r for records in log.values() for r in records):
+        caption += (
+            " Right: the mean contraction factor ρ where it was measured; it should stay "
+            "below the red line at 1."
+        )
+    return _Figure("solver_training", "Solver during training", caption, plots.figure_png(fig))
+
+
+def _ood(run: _Run) -> _Figure | None:
+    per_model = {m: _ood_rows(e) for m, e in _robustness(run, "ood").items()}
+    conditions = list(
+        dict.fromkeys(c for rows in per_model.values() for c in rows if c != _IN_DISTRIBUTION)
+    )
+
+    def column(rows: Mapping[str, Mapping[str, Any]], key: str) -> np.ndarray:
+        values = [_number(rows.get(c, {}).get(key)) for c in conditions]
+        return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+
+    ratios = {
+        m: (column(rows, "nrmse_ratio"), column(rows, "std_ratio")) for m, rows in per_model.items()
+    }
+    ratios = {m: r for m, r in ratios.items() if np.isfinite(np.concatenate(r)).any()}
+    if not conditions or not ratios:
+        return None
+    return _Figure(
+        "ood",
+        "Out of distribution",
+        "Bars: nRMSE on each shifted test set divided by the in-distribution nRMSE, drawn "
+        "from the line at 1 (above: worse than on the test set). Diamonds: the same ratio "
+        "for the mean predicted σ̂. A well-behaved model raises σ̂ where its error grows, "
+        "so its diamonds sit above 1 next to tall bars.",
+        plots.figure_png(plots.ood_figure(conditions, ratios)),
+    )
+
+
+def _adversarial(run: _Run) -> _Figure | None:
+    curves: dict[str, dict[str, tuple[list[float], list[float], list[float]]]] = {}
+    for m, entry in _robustness(run, "adversarial").items():
+        methods: dict[str, tuple[list[float], list[float], list[float]]] = {}
+        for (method, eps), r in _adversarial_rows(entry).items():
+            if method not in _METHOD_ORDER:
+                continue
+            nrmse, cov = _number(r.get("nrmse")), _number(r.get("coverage_90"))
+            if nrmse is None and cov is None:
+                continue
+            eps_list, nrmse_list, cov_list = methods.setdefault(method, ([], [], []))
+            eps_list.append(eps)
+            nrmse_list.append(math.nan if nrmse is None else nrmse)
+            cov_list.append(math.nan if cov is None else cov)
+        if methods:
+            curves[m] = methods
+    if not curves:
+        return None
+    return _Figure(
+        "adversarial",
+        "Adversarial inputs",
+        "nRMSE (left) and coverage of the 90% interval (right) when every input window is "
+        "perturbed by at most ε times its RMS to maximise the loss: dashed FGSM (one "
+        "signed-gradient step), solid PGD (several projected steps, the stronger attack); the "
+        "star at ε = 0 is the clean score. A robust model's error grows slowly with ε, and a "
+        "calibrated one keeps its coverage near the dotted 0.9 by widening σ̂.",
+        plots.figure_png(plots.adversarial_figure(curves)),
+    )
+
+
 # --------------------------------------------------------------------------- page
 
 _CSS = """
@@ -518,6 +877,9 @@ th, td { border: 1px solid #ddd; padding: 0.25rem 0.7rem; text-align: right;
 th[scope=row] { text-align: left; font-weight: 600; }
 thead th { background: #f0f0f3; }
 td.best { background: #eef6ee; }
+td.yes { color: #2a7a2a; text-align: center; } td.no { color: #b3261e; text-align: center; }
+.scroll { overflow-x: auto; }
+h3 { margin-bottom: 0.3rem; }
 .better { color: #777; font-size: 0.85em; text-align: left; }
 .note { color: #666; font-size: 0.9em; }
 figure { margin: 1.5rem 0; background: white; border: 1px solid #e3e3e3; padding: 0.8rem; }
@@ -537,7 +899,13 @@ def _figure_html(fig: _Figure) -> str:
     )
 
 
-def _page(run: _Run, figures: list[_Figure]) -> str:
+def _page(
+    run: _Run,
+    figures: list[_Figure],
+    *,
+    equilibrium: Sequence[_Figure] = (),
+    robustness: Sequence[_Figure] = (),
+) -> str:
     recipe = run.metrics.get("recipe")
     title = f"tertulia report: {recipe}" if recipe is not None else "tertulia report"
     parts = [f"<h1>{_e(title)}</h1>"]
@@ -579,6 +947,20 @@ def _page(run: _Run, figures: list[_Figure]) -> str:
         parts.extend(_figure_html(f) for f in figures)
         parts.append("</section>")
 
+    table = _equilibrium_table(run)
+    if table or equilibrium:
+        parts.append("<section id='equilibrium'><h2>Equilibrium</h2>")
+        parts.append(table)
+        parts.extend(_figure_html(f) for f in equilibrium)
+        parts.append("</section>")
+
+    tables = _ood_tables(run) + _adversarial_table(run)
+    if tables or robustness:
+        parts.append("<section id='robustness'><h2>Robustness</h2>")
+        parts.append(tables)
+        parts.extend(_figure_html(f) for f in robustness)
+        parts.append("</section>")
+
     parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
     body = "\n".join(parts)
     return (
@@ -611,6 +993,9 @@ def build_report(run_dir: Path) -> Path:
         )
         if fig is not None
     ]
-    for fig in figures:
+    equilibrium = [f for f in (_rho(run), _iterations(run), _solver_training(run)) if f is not None]
+    robustness = [f for f in (_ood(run), _adversarial(run)) if f is not None]
+    for fig in (*figures, *equilibrium, *robustness):
         atomic_write_bytes(run.root / f"{fig.name}.png", fig.png)
-    return atomic_write_text(run.root / REPORT_FILE, _page(run, figures))
+    page = _page(run, figures, equilibrium=equilibrium, robustness=robustness)
+    return atomic_write_text(run.root / REPORT_FILE, page)

@@ -43,7 +43,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 __all__ = [
     "DPI",
@@ -99,6 +99,20 @@ def _positive_or_nan(values: np.ndarray) -> np.ndarray:
 def _set_log_y_if_possible(ax: Axes, *series: np.ndarray) -> None:
     if any(np.isfinite(s).any() for s in series):
         ax.set_yscale("log")
+
+
+class _PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of the ticks to label, written as plain numbers (0.06, 2, 10)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _plain_log_labels(ax: Axes) -> None:
+    """Tick labels of a log y axis as plain numbers instead of 6×10⁻²."""
+    if ax.get_yscale() == "log":
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
 
 
 def _patch_boundaries(x: np.ndarray, cells: int) -> list[float]:
@@ -523,16 +537,17 @@ def ood_figure(
         ax.bar(offset, np.where(np.isfinite(error), error - 1.0, np.nan), width * 0.9,
                bottom=1.0, color=color, alpha=0.85, label=f"{name}: nRMSE ratio")  # fmt: skip
         ax.plot(offset, sigma, "D", color=color, mec="black", mew=0.8, ms=6,
-                label=f"{name}: σ̂ ratio")  # fmt: skip
+                label=f"{name}: " + r"$\hat\sigma$ ratio")  # fmt: skip
     ax.axhline(1.0, color="0.3", lw=1.0)
     if log:
         ax.set_yscale("log")
+        _plain_log_labels(ax)
     ax.set_xticks(x)
     ax.set_xticklabels(
         list(conditions), rotation=20 if c > 4 else 0, ha="right" if c > 4 else "center"
     )
     ax.set_ylabel("shifted / in-distribution")
-    ax.set_title("Out of distribution: error and predicted σ̂ relative to the test set")
+    ax.set_title(r"Out of distribution: error and predicted $\hat\sigma$ relative to the test set")
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=8, ncols=2)
     return fig
@@ -577,6 +592,7 @@ def adversarial_figure(
             cov_ax.plot(eps, cov, ls=ls, marker=marker, ms=4, lw=1.6, color=color, label=label)
             plotted.append(err)
     _set_log_y_if_possible(err_ax, *plotted)
+    _plain_log_labels(err_ax)
     err_ax.set_xlabel("attack radius ε (relative to the window RMS)")
     err_ax.set_ylabel("nRMSE")
     err_ax.set_title("Error under attack (★ clean)")
