@@ -23,7 +23,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/orchestra_speed.py
+	$(BIN)/python benchmarks/equilibrium.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -37,4 +37,9 @@ TINY = [
     "train.checkpoint_every=3",
     "train.log_every=2",
     "eval.rollout_steps=3",
+    "eval.ood.n=2",
+    "eval.ood.nu=[0.1]",
+    "eval.adversarial.samples=16",
+    "eval.adversarial.pgd_steps=2",
+    "eval.rho_iters=5",
 ]

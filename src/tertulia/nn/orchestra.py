@@ -182,21 +182,39 @@ class Orchestra(nn.Module):
             patches = torch.cat([patches, patches.new_zeros(b, 1, w * self.patch)], dim=1)
         return patches
 
-    def forward(self, x: torch.Tensor) -> Prediction:
-        # x: (B, w, G) noisy past frames (physical units) -> Gaussian over the next frame (B, G)
+    def _problem(self, x: torch.Tensor) -> tuple[Callable, torch.Tensor, dict]:
+        # x: (B, w, G) -> round map F, initial state S0 (B, N, d), box for the attention map
         if x.ndim != 3 or x.shape[1:] != (self.window, self.grid):
             raise ValueError(
                 f"expected input of shape (batch, {self.window}, {self.grid}), got {tuple(x.shape)}"
             )
         b = x.shape[0]
-        xn = x / self.scale
-        e = self.encoder(self.local_inputs(xn))  # (B, n_upd, d)
+        e = self.encoder(self.local_inputs(x / self.scale))  # (B, n_upd, d)
         s0 = e if self.memory is None else torch.cat([e, self.memory.initial(b)], dim=1)
         box: dict = {}
         round_fn = self._round_sync if self.schedule == "sync" else self._round_async
 
         def round_map(s_: torch.Tensor) -> torch.Tensor:
             return round_fn(s_, e, box)
+
+        return round_map, s0, box
+
+    def fixed_point_problem(
+        self, x: torch.Tensor
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+        """The round map ``S ↦ F(S; x)`` and the initial state ``S0`` for input ``x``.
+
+        For experimenting with solvers: ``picard(*orchestra.fixed_point_problem(x))``.
+        With spectrally bounded weights, call it inside
+        ``torch.nn.utils.parametrize.cached()`` so the weights are computed once.
+        """
+        f, s0, _ = self._problem(x)
+        return f, s0
+
+    def forward(self, x: torch.Tensor) -> Prediction:
+        # x: (B, w, G) noisy past frames (physical units) -> Gaussian over the next frame (B, G)
+        round_map, s0, box = self._problem(x)
+        b, xn = x.shape[0], x / self.scale
 
         # Spectrally bounded weights are computed once per forward, not once per round.
         cache = parametrize.cached() if self._parametrized() else nullcontext()

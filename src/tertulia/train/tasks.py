@@ -47,7 +47,9 @@ class Task(Protocol):
 
     def sample_batch(self, generator: torch.Generator) -> Any: ...
 
-    def loss(self, batch: Any, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, batch: Any, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss and logs of one batch; ``step`` counts from 1 (the step being taken)."""
+        ...
 
 
 @dataclass

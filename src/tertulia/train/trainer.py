@@ -263,7 +263,7 @@ class Trainer:
             measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
             meter = SavedTensorMeter(self.params) if measure else None
             with meter.hooks() if meter else nullcontext():
-                loss, logs = self.task.loss(batch, step=self.step)
+                loss, logs = self.task.loss(batch, step=self.step + 1)
             if meter is not None:
                 logs["activation_mb"] = meter.megabytes
                 self.stats["peak_activation_mb"] = max(
