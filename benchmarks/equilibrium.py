@@ -19,6 +19,9 @@ memory is its own. The parent then loads the trained orchestras and measures:
    test samples whose contraction factor ρ = ‖∂F/∂S‖₂ at S* is below 1.
 5. ``jacreg_iters_reduction``: 1 − (mean forward iterations with the Jacobian
    regulariser) / (without), on the test split.
+6. The cheaper backward modes against BPTT: phantom gradients (5 damped
+   rounds from S*) and truncated backprop through the last round only (TRM's
+   1-step gradient): ``phantom_nrmse_over_bptt``, ``truncated1_nrmse_over_bptt``.
 
 Usage::
 
@@ -69,6 +72,9 @@ def runs(rounds: int, bound: float, jac: float) -> dict[str, list[str]]:
         "deq": deq,
         "deq_sn": [*deq, f"model.spectral_norm={bound}"],
         "deq_jacreg": [*deq, f"train.jac_reg={jac}"],
+        # the backward mode matters (TRM's 1-step gradient finding): measure the cheap ones too
+        "deq_phantom": [*deq, "train.deq.backward=phantom"],
+        "truncated1": ["train.mode=truncated", f"model.rounds={rounds}", "train.grad_rounds=1"],
     }
 
 
@@ -279,6 +285,8 @@ def main() -> None:
         ),
         "rho_below_1_fraction": sn["rho_below_1"],
         "jacreg_iters_reduction": 1 - jr["iterations_mean"] / deq["iterations_mean"],
+        "phantom_nrmse_over_bptt": results["deq_phantom"]["nrmse"] / bptt["nrmse"],
+        "truncated1_nrmse_over_bptt": results["truncated1"]["nrmse"] / bptt["nrmse"],
         "steps": args.steps,
         "rounds": args.rounds,
         "bound": args.bound,

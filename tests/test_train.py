@@ -222,3 +222,55 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path):
     commands = (run_dir / "command.txt").read_text().splitlines()
     assert len(commands) == 2 and "--resume" in commands[1]
     assert has_checkpoint(run_dir / "checkpoint" / "mlp")
+
+
+def test_deq_with_stability_and_blocks_resumes_exactly(tmp_path):
+    """Everything issue 3 adds to a step (adjoint solve, Hutchinson probes, ρ, block
+    freezing, power-iteration vectors) is restored by resume: same weights at the end."""
+    from tertulia.config import load_recipe
+    from tertulia.data import load_dataset
+    from tertulia.pipeline import build_models, make_task
+
+    from .conftest import TINY
+
+    recipe = load_recipe(
+        "burgers",
+        TINY
+        + [
+            "train.mode=deq",
+            "model.rounds=20",
+            "model.skip=input",
+            "model.spectral_norm=0.9",
+            "train.jac_reg=0.3",
+            "train.rho_every=2",
+            "train.blocks.kind=round_robin",
+            "train.blocks.size=2",
+            "train.blocks.every=3",
+            "train.steps=8",
+            "train.checkpoint_every=4",
+        ],
+    )
+    splits = load_dataset(recipe.data)
+
+    def trainer(folder, on_step=None):
+        torch.manual_seed(5)
+        model = build_models(recipe, splits)["orchestra"]
+        task = make_task(recipe, model, splits)
+        return Trainer(task, recipe.train, seed=3, checkpoint_dir=folder, on_step=on_step)
+
+    ref = trainer(tmp_path / "ref")
+    ref.fit()
+
+    def stop_at_4(step, total, logs):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "cut", on_step=stop_at_4).fit()
+    resumed = trainer(tmp_path / "cut")
+    assert resumed.fit().resumed_from == 4
+    for (name, a), b in zip(
+        ref.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.stats == ref.stats

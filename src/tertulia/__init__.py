@@ -18,6 +18,8 @@ from .nn import Prediction as Prediction
 from .nn import make_graph as make_graph
 from .pipeline import LoadedRun as LoadedRun
 from .pipeline import load_run as load_run
+from .solvers import Equilibrium as Equilibrium
+from .solvers import SolverSpec as SolverSpec
 from .solvers import Truncated as Truncated
 from .solvers import Unrolled as Unrolled
 
