@@ -448,7 +448,7 @@ class Equilibrium:
     parameters and inputs get their direct terms) and hooks Z's gradient:
     the incoming ``∂L/∂Z`` is replaced by the solution g of
     ``g = Jᵀ g + ∂L/∂Z``, i.e. ``(I − Jᵀ)⁻¹ ∂L/∂Z``, each ``Jᵀ g`` being one
-    vector–Jacobian product through the retained round.
+    vector–Jacobian product through one round re-evaluated at S* in the hook.
     """
 
     def __init__(
@@ -486,30 +486,26 @@ class Equilibrium:
         z_star = s_star.detach().requires_grad_()
         z = f(z_star)
         if z.requires_grad:
-            z.register_hook(self._adjoint_hook(z, z_star, trace))
+            z.register_hook(self._adjoint_hook(f, z_star, trace))
         return z, trace
 
     def _adjoint_hook(
-        self, z: torch.Tensor, z_star: torch.Tensor, trace: SolverTrace
+        self, f: RoundFn, z_star: torch.Tensor, trace: SolverTrace
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        busy = [False]
+        # The hook must not hold z itself: z → its hook → z would be a reference cycle
+        # through autograd's C++ objects that Python cannot collect, leaking one round's
+        # graph per forward pass. It re-evaluates F(z*) instead (one extra round).
 
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            # The vector–Jacobian products below start at z, which fires this hook
-            # again: those inner calls must pass their vector through unchanged.
-            if busy[0]:
-                return grad
+            with torch.enable_grad():
+                z_in = z_star.detach().requires_grad_()
+                z_out = f(z_in)
 
-            def adjoint_map(g: torch.Tensor) -> torch.Tensor:
-                (jtg,) = torch.autograd.grad(z, z_star, g, retain_graph=True)
-                return jtg + grad
+                def adjoint_map(g: torch.Tensor) -> torch.Tensor:
+                    (jtg,) = torch.autograd.grad(z_out, z_in, g, retain_graph=True)
+                    return jtg + grad
 
-            busy[0] = True
-            try:
-                with torch.enable_grad():
-                    res = self.adjoint(adjoint_map, grad)
-            finally:
-                busy[0] = False
+                res = self.adjoint(adjoint_map, grad)
             trace.backward = {
                 "iterations": float(res.iterations.double().mean()),
                 "residual": float(res.final_residual.max()),
