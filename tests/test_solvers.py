@@ -263,3 +263,21 @@ def test_equilibrium_without_grad_returns_the_fixed_point_and_flags_convergence(
     with torch.no_grad():
         _, trace = equilibrium_loss(solver, w, u, x, target)
     assert trace.unconverged == 2 and not trace.converged and trace.rounds == 3
+
+
+@pytest.mark.parametrize("backward", [True, False], ids=["after-backward", "no-backward"])
+def test_implicit_mode_leaves_no_reference_cycle(backward):
+    """The adjoint hook must not keep the output alive (a leak of one graph per step)."""
+    import gc
+    import weakref
+
+    w, u, x, target = nonlinear_problem()
+    f = lambda s: torch.tanh(s @ w.T + x @ u.T)  # noqa: E731
+    s, _ = IMPLICIT.solve(f, torch.zeros_like(x))
+    ref = weakref.ref(s)
+    loss = ((s - target) ** 2).sum()
+    if backward:
+        loss.backward()
+    del s, loss
+    gc.collect()
+    assert ref() is None
