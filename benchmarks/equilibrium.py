@@ -5,10 +5,11 @@ memory is its own. The parent then loads the trained orchestras and measures:
 
 1. ``deq_nrmse_over_bptt`` and ``deq_memory_over_bptt``: test nRMSE and peak
    training memory of DEQ (implicit backward) over unrolled BPTT at R rounds.
-   Memory is the peak resident set size during training minus the resident
-   size just before training (model, data and optimiser already built),
-   sampled every millisecond; the autograd activation bytes per step
-   (``SavedTensorMeter``) are printed beside it.
+   Memory is the peak of malloc's bytes in use during training minus their
+   level just before training (model and data built, code warmed up on a batch
+   of 2), sampled every half millisecond; the resident-set growth is printed
+   too, but free heap pages left by data loading hide activations from it. The
+   autograd activation bytes per step (``SavedTensorMeter``) are printed beside.
 2. ``anderson_iters_over_picard``: on the trained DEQ model, mean per-sample
    iterations to relative residual 1e-4 (Broyden printed too).
 3. ``time_over_torchdeq``: the same map F from the same start solved by our
@@ -34,6 +35,7 @@ reported as missing.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -86,28 +88,57 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakRSS:
-    """Samples the resident set size in a thread while training runs."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
 
-    def __init__(self, period: float = 0.001):
-        self.period, self.peak, self._stop = period, 0, threading.Event()
 
-    def __enter__(self) -> PeakRSS:
-        self.base = rss_bytes()
-        self.peak = self.base
+_libc = ctypes.CDLL(None)
+_libc.mallinfo2.restype = _MallInfo2
+
+
+def heap_bytes() -> int:
+    """Bytes malloc has handed out and not taken back (heap in use + mmapped chunks).
+
+    Unlike the resident set size this is not hidden by free heap pages left
+    over from earlier work (data loading), so it shows activations as they
+    come and go. CPU tensors are allocated with malloc.
+    """
+    info = _libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+class PeakMemory:
+    """Samples heap-in-use and resident size in a thread while training runs."""
+
+    def __init__(self, period: float = 0.0005):
+        self.period, self._stop = period, threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self.base_heap, self.base_rss = heap_bytes(), rss_bytes()
+        self.peak_heap, self.peak_rss = self.base_heap, self.base_rss
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
+    def _sample(self) -> None:
+        self.peak_heap = max(self.peak_heap, heap_bytes())
+        self.peak_rss = max(self.peak_rss, rss_bytes())
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
+            self._sample()
             time.sleep(self.period)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
+        self._sample()
 
 
 def worker(overrides: list[str], out: Path, threads: int) -> dict:
@@ -121,12 +152,15 @@ def worker(overrides: list[str], out: Path, threads: int) -> dict:
     trainer = Trainer(
         task, recipe.train, name="orchestra", seed=recipe.seed + 1000, checkpoint_dir=out
     )
-    # Warm-up: one forward/backward outside the measurement, so that code pages
-    # loaded on first use (solvers, LAPACK) are not counted as training memory.
-    loss, _ = task.loss(task.sample_batch(torch.Generator().manual_seed(123)))
+    # Warm-up on a batch of 2: code pages loaded on first use (solvers, LAPACK) are
+    # not counted as training memory, while the activation buffers of a real batch
+    # have not been allocated yet (a full-size warm-up would leave them in the heap
+    # and hide them from the peak).
+    split = task.splits["train"]
+    loss, _ = task.loss(split.batch(torch.arange(2)))
     loss.backward()
     model.zero_grad(set_to_none=True)
-    with PeakRSS() as mem:
+    with PeakMemory() as mem:
         summary = trainer.fit()
     trainer.load_ema_into_model()
     metrics = task.evaluate("test", recipe.eval)["metrics"]
@@ -137,7 +171,8 @@ def worker(overrides: list[str], out: Path, threads: int) -> dict:
         "converged_fraction": metrics.get("converged_fraction"),
         "rho_below_1": metrics.get("rho_below_1"),
         "rho_mean": metrics.get("rho_mean"),
-        "peak_rss_mb": (mem.peak - mem.base) / 2**20,
+        "peak_heap_mb": (mem.peak_heap - mem.base_heap) / 2**20,
+        "peak_rss_mb": (mem.peak_rss - mem.base_rss) / 2**20,
         "activation_mb": summary.stats.get("peak_activation_mb"),
         "seconds": summary.seconds,
         "train": summary.stats,
@@ -271,7 +306,8 @@ def main() -> None:
     bptt, deq, jr, sn = (results[k] for k in ("bptt", "deq", "deq_jacreg", "deq_sn"))
     summary = {
         "deq_nrmse_over_bptt": deq["nrmse"] / bptt["nrmse"],
-        "deq_memory_over_bptt": deq["peak_rss_mb"] / bptt["peak_rss_mb"],
+        "deq_memory_over_bptt": deq["peak_heap_mb"] / bptt["peak_heap_mb"],
+        "deq_rss_over_bptt": deq["peak_rss_mb"] / max(bptt["peak_rss_mb"], 1e-9),
         "deq_activation_over_bptt": deq["activation_mb"] / bptt["activation_mb"],
         "anderson_iters_over_picard": solvers["anderson"]["iterations_mean"]
         / solvers["picard"]["iterations_mean"],
@@ -298,17 +334,20 @@ def main() -> None:
         return
     print(
         f"Burgers recipe, {args.steps} steps per run, BPTT at R={args.rounds}, "
-        f"spectral bound {args.bound}, skip=input; runs in {root}"
+        f"skip=input, deq_sn: spectral bound {args.bound}, deq_jacreg: weight {args.jac}; "
+        f"runs in {root}"
     )
     print(
-        f"{'run':12} {'nRMSE':>8} {'peak RSS MB':>12} {'activ. MB':>10} {'fwd it':>7} "
-        f"{'ρ<1':>6} {'s':>6}"
+        f"{'run':12} {'nRMSE':>8} {'heap MB':>8} {'RSS MB':>7} {'activ. MB':>10} "
+        f"{'fwd it':>7} {'bwd it':>7} {'ρ<1':>6} {'s':>6}"
     )
     for name, r in results.items():
         it = r["iterations_mean"] or float("nan")
         print(
-            f"{name:12} {r['nrmse']:8.4f} {r['peak_rss_mb']:12.1f} {r['activation_mb']:10.2f} "
-            f"{it:7.2f} {r['rho_below_1'] or float('nan'):6.3f} {r['seconds']:6.0f}"
+            f"{name:12} {r['nrmse']:8.4f} {r['peak_heap_mb']:8.1f} {r['peak_rss_mb']:7.1f} "
+            f"{r['activation_mb']:10.2f} {it:7.2f} "
+            f"{r['train'].get('backward_iterations_mean', float('nan')):7.2f} "
+            f"{r['rho_below_1'] or float('nan'):6.3f} {r['seconds']:6.0f}"
         )
     print(
         f"\nsolvers on the trained DEQ model, no spectral norm "
