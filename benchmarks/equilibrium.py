@@ -253,6 +253,10 @@ def solver_comparison(model, x: torch.Tensor, memory: int, lam: float, repeats: 
     return out
 
 
+def _num(v: float | None) -> float:
+    return float("nan") if v is None else v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=5000, help="training steps of every run")
@@ -342,12 +346,12 @@ def main() -> None:
         f"{'fwd it':>7} {'bwd it':>7} {'ρ<1':>6} {'s':>6}"
     )
     for name, r in results.items():
-        it = r["iterations_mean"] or float("nan")
+        it = _num(r["iterations_mean"])
         print(
             f"{name:12} {r['nrmse']:8.4f} {r['peak_heap_mb']:8.1f} {r['peak_rss_mb']:7.1f} "
             f"{r['activation_mb']:10.2f} {it:7.2f} "
             f"{r['train'].get('backward_iterations_mean', float('nan')):7.2f} "
-            f"{r['rho_below_1'] or float('nan'):6.3f} {r['seconds']:6.0f}"
+            f"{_num(r['rho_below_1']):6.3f} {r['seconds']:6.0f}"
         )
     print(
         f"\nsolvers on the trained DEQ model, no spectral norm "
