@@ -26,3 +26,11 @@ class RunDirError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss stayed non-finite; the last good checkpoint is kept."""
+
+
+class ShapeError(UserError):
+    """Matrices or series whose shapes do not fit together (non-square A, B with the wrong rows)."""
+
+
+class CovarianceError(UserError):
+    """A covariance matrix that is not symmetric positive semi-definite."""
