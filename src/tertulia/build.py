@@ -99,6 +99,7 @@ def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
         solver=build_solver(recipe),
         scale=scale,
         skip=m.skip,
+        cell=m.cell,
     )
     if m.spectral_norm is not None:
         # every linear map inside the round: the cells' MLPs and the messenger

@@ -21,6 +21,15 @@ regulariser R(S) of eq. (4):
 Inputs and outputs are in physical units; internally fields are divided by
 ``scale`` (the training data's standard deviation).
 
+The cell kind is a choice: ``cell="trm"`` (the residual MLP of
+:mod:`tertulia.nn.cells`, state S0 = E, :class:`StackedGaussianHead`) or
+``cell="kalman"`` (:mod:`tertulia.nn.kalman_cell`: the state ``[μ, log p]`` of
+a diagonal Gaussian, one learned predict/update per round with ``e_i`` as the
+measurement and the message as control input, starting from the learned prior
+``[μ0_i, log p0_i]``; :class:`KalmanHead` reads it out linearly with variance
+``(W∘W) p + ρ``). The round contract ``S ↦ F(S)`` is the same for both, so
+every solver and schedule works with either.
+
 Legend: B batch, w window, G grid, n cells, P patch, h halo, N nodes
 (cells + coordinator + memory slots), d state, d_m message.
 """
@@ -38,7 +47,8 @@ from torch.nn.utils import parametrize
 from ..solvers import Equilibrium, SolverTrace, Unrolled
 from .cells import CellBank
 from .graph import Graph
-from .heads import Prediction, StackedGaussianHead
+from .heads import KalmanHead, Prediction, StackedGaussianHead
+from .kalman_cell import KalmanCellBank
 from .messaging import AttentionMessenger, MemorySlots
 from .stacked import StackedLinear
 
@@ -66,7 +76,7 @@ class OrchestraTrace:
 
 
 class Orchestra(nn.Module):
-    """n TRM cells over contiguous patches of a periodic 1-D field."""
+    """n TRM (or Kalman) cells over contiguous patches of a periodic 1-D field."""
 
     def __init__(
         self,
@@ -85,6 +95,7 @@ class Orchestra(nn.Module):
         solver: Unrolled | Equilibrium | None = None,
         scale: float = 1.0,
         skip: str = "state",
+        cell: str = "trm",
     ):
         """Build the cells, the messenger and the heads.
 
@@ -100,7 +111,11 @@ class Orchestra(nn.Module):
             kernel: ``"batched"`` stacked kernel or the per-cell ``"loop"`` reference.
             solver: runs the rounds (default ``Unrolled(6)``).
             scale: data standard deviation; inputs are divided by it internally.
-            skip: cell skip connection, ``"state"`` (residual) or ``"input"`` (DEQ form).
+            skip: TRM skip connection, ``"state"`` (residual) or ``"input"`` (DEQ form);
+                ignored by Kalman cells.
+            cell: ``"trm"`` (residual MLP cells) or ``"kalman"`` (learned linear-Gaussian
+                predict/update cells and the innovation-variance head; needs even ``d``;
+                ``hidden_mult`` and ``skip`` do not apply).
         """
         super().__init__()
         n = graph.cells
@@ -112,21 +127,32 @@ class Orchestra(nn.Module):
             raise ValueError(f"order must be 'fixed' or 'random', got {order!r}")
         if kernel not in ("batched", "loop"):
             raise ValueError(f"kernel must be 'batched' or 'loop', got {kernel!r}")
+        if cell not in ("trm", "kalman"):
+            raise ValueError(f"cell must be 'trm' or 'kalman', got {cell!r}")
         self.graph, self.grid, self.window = graph, grid, window
         self.cells, self.patch, self.halo = n, grid // n, halo
         if 2 * halo > self.patch:
             raise ValueError(f"halo={halo} is larger than half a patch ({self.patch} points)")
-        self.schedule, self.order, self.kernel = schedule, order, kernel
+        self.schedule, self.order, self.kernel, self.cell = schedule, order, kernel, cell
         self.solver = solver if solver is not None else Unrolled(6)
         self.d_msg = d_msg
         n_upd = graph.updating_cells
         self.encoder = StackedLinear(n_upd, window * self.patch, d)
-        self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d, skip=skip)
+        self.bank: CellBank | KalmanCellBank
+        if cell == "kalman":
+            self.bank = KalmanCellBank(n_upd, d=d, d_msg=d_msg)
+        else:
+            self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d, skip=skip)
         self.messenger = AttentionMessenger(graph, d=d, d_msg=d_msg, d_key=d_key)
         self.memory = (
             MemorySlots(graph.memory_slots, d=d, d_msg=d_msg) if graph.memory_slots else None
         )
-        self.head = StackedGaussianHead(n, d=d, points=self.patch + 2 * halo)
+        points = self.patch + 2 * halo
+        self.head: StackedGaussianHead | KalmanHead
+        if cell == "kalman":  # linear read-out whose variance is the filter's, see heads.py
+            self.head = KalmanHead(n, d=d, points=points)
+        else:
+            self.head = StackedGaussianHead(n, d=d, points=points)
         self.register_buffer("scale", torch.tensor(float(scale)))
         # Global grid index of every point a cell predicts, halo included: (n, P + 2h).
         offsets = torch.arange(-halo, self.patch + halo)
@@ -190,7 +216,8 @@ class Orchestra(nn.Module):
             )
         b = x.shape[0]
         e = self.encoder(self.local_inputs(x / self.scale))  # (B, n_upd, d)
-        s0 = e if self.memory is None else torch.cat([e, self.memory.initial(b)], dim=1)
+        cells0 = self.bank.initial(e) if isinstance(self.bank, KalmanCellBank) else e
+        s0 = cells0 if self.memory is None else torch.cat([cells0, self.memory.initial(b)], dim=1)
         box: dict = {}
         round_fn = self._round_sync if self.schedule == "sync" else self._round_async
 
