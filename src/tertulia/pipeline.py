@@ -29,7 +29,7 @@ from torch import nn
 
 from . import build
 from ._io import atomic_write, atomic_write_json, atomic_write_text
-from .config import Recipe, load_resolved
+from .config import AnyRecipe, IslandRecipe, Recipe, SeriesRecipe, load_resolved
 from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
 from .errors import DataError, RunDirError
@@ -51,7 +51,7 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file()
 
 
-def require_run_dir(path: Path) -> Recipe:
+def require_run_dir(path: Path) -> AnyRecipe:
     if not path.is_dir():
         raise RunDirError(f"{path} does not exist; give a run directory made by 'tertulia run'")
     if not is_run_dir(path):
@@ -116,7 +116,22 @@ def build_trainable_models(recipe: Recipe, *, scale: float = 1.0) -> dict[str, n
         torch.manual_seed(recipe.seed + 1)
         params = build.count_parameters(models["orchestra"])
         models["mlp"] = build.build_mlp(recipe, params=params, scale=scale)
+    other = comparison_cell(recipe)
+    if other is not None:
+        torch.manual_seed(recipe.seed + 2)
+        twin = recipe.model_copy(update={"model": recipe.model.model_copy(update={"cell": other})})
+        models[f"orchestra_{other}"] = build.build_orchestra(twin, scale=scale)
     return models
+
+
+def comparison_cell(recipe: Recipe) -> str | None:
+    """The cell kind of the comparison orchestra (``baselines.cell``), or None."""
+    choice = recipe.baselines.cell
+    if choice == "auto":
+        return "trm" if recipe.model.cell != "trm" else None
+    if choice == "none" or choice == recipe.model.cell:
+        return None
+    return choice
 
 
 def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, nn.Module]:
@@ -137,14 +152,22 @@ def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories])
 
 
 def run(
-    recipe: Recipe,
+    recipe: AnyRecipe,
     out: Path,
     *,
     resume: bool = False,
     command: str = "",
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
-    """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate."""
+    """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate.
+
+    Classical recipes (``task: island`` or ``task: series``) have nothing to
+    train or resume: they are fitted in seconds by :mod:`tertulia.classical`.
+    """
+    if isinstance(recipe, (IslandRecipe, SeriesRecipe)):
+        from .classical import run_classical
+
+        return run_classical(recipe, out, command=command, on_event=on_event)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.
@@ -329,12 +352,13 @@ def evaluate_models(
         results["curves"]["rollout_nrmse"][name] = curves["rollout_nrmse"]
         results["curves"]["calibration"]["levels"] = curves["calibration_levels"]
         results["curves"]["calibration"][name] = curves["calibration"]
-        if "residual_per_round" in curves:
-            results["curves"]["residual_per_round"] = curves["residual_per_round"]
-            results["curves"]["attention"] = curves["attention"]
-        for key in ("rho", "iterations"):
-            if key in curves:
-                results["curves"][key] = curves[key]
+        if name == "orchestra":  # the comparison orchestra's solver curves are not plotted
+            if "residual_per_round" in curves:
+                results["curves"]["residual_per_round"] = curves["residual_per_round"]
+                results["curves"]["attention"] = curves["attention"]
+            for key in ("rho", "iterations"):
+                if key in curves:
+                    results["curves"][key] = curves[key]
         pred = model(window)
         examples[f"{name}.mean"] = pred.mean[0].float().contiguous()
         examples[f"{name}.std"] = pred.std[0].float().contiguous()
@@ -361,6 +385,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """
     run_dir = Path(run_dir)
     recipe = require_run_dir(run_dir)
+    if not isinstance(recipe, Recipe):
+        raise RunDirError(
+            f"{run_dir} is a {recipe.task} run of recipe {recipe.name!r}: it has no trained "
+            "models to load (its fitted parameters are in metrics.json)"
+        )
     models = build_trainable_models(recipe)  # the data scale comes back with the weights
     summaries: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
@@ -382,7 +411,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 
 def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
-    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report."""
+    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report.
+
+    A classical run (island, series) is simply fitted again in place.
+    """
+    recipe = require_run_dir(Path(run_dir))
+    if isinstance(recipe, (IslandRecipe, SeriesRecipe)):
+        from .classical import run_classical
+
+        return run_classical(recipe, Path(run_dir), on_event=on_event)
     run = load_run(run_dir)
     splits = load_dataset(run.recipe.data)
     check_splits(splits, run.recipe)

@@ -978,6 +978,10 @@ def build_report(run_dir: Path) -> Path:
     ``metrics.json`` or a corrupt ``examples.safetensors``.
     """
     run = _load_run(Path(run_dir))
+    if run.metrics.get("task") in ("series", "island"):
+        from .classical import build_classical_report
+
+        return build_classical_report(run)
     models = run.models()
     names = _order_models(list(models))
     figures = [
