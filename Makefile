@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/orchestra_speed.py
 	$(BIN)/python benchmarks/equilibrium.py
+	$(BIN)/python benchmarks/kalman.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

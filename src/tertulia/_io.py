@@ -7,6 +7,7 @@ the new one, never a torn one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -61,3 +62,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/Inf are not JSON: non-finite floats become null, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def append_line(path: str | os.PathLike, line: str) -> Path:
+    """Append one line to a text file, atomically (the old content is never half-written)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    return atomic_write_text(path, old + line.rstrip("\n") + "\n")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ._io import atomic_write, atomic_write_json, atomic_write_text
+from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
 from .config import IslandRecipe, SeriesRecipe
 from .data.real import Series, load_series
 from .filters.diagnostics import residual_diagnostics
@@ -44,29 +44,17 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
     pass
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _start_run(recipe: IslandRecipe | SeriesRecipe, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", recipe.to_yaml())
     if command:
-        path = out / "command.txt"
-        old = path.read_text() if path.exists() else ""
-        atomic_write_text(path, old + command.rstrip("\n") + "\n")
+        append_line(out / "command.txt", command)
 
 
 def _finish_run(out: Path, metrics: dict[str, Any], examples: dict[str, torch.Tensor]) -> None:
     arrays = {k: v.detach().to(torch.float64).clone().contiguous() for k, v in examples.items()}
     atomic_write(out / "examples.safetensors", lambda tmp: save_file(arrays, tmp))
-    atomic_write_json(out / "metrics.json", _json_safe(metrics))
+    atomic_write_json(out / "metrics.json", json_safe(metrics))
     from .report import build_report  # matplotlib only when a report is made
 
     build_report(out)
@@ -489,7 +477,7 @@ def run_island(
     }
     pack("kalman.filtered", filt.mean[0], diag_f)
     pack("kalman.smoothed", smooth.mean[0], diag_s)
-    _finish_run(out, _json_safe(metrics), examples)
+    _finish_run(out, json_safe(metrics), examples)
     return metrics
 
 

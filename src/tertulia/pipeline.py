@@ -16,7 +16,6 @@ data, then :func:`evaluate_models` judges them on the test split.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import build
-from ._io import atomic_write, atomic_write_json, atomic_write_text
+from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
 from .config import AnyRecipe, IslandRecipe, Recipe, SeriesRecipe, load_resolved
 from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
@@ -67,12 +66,6 @@ def fresh_run_dir(base: Path) -> Path:
     while Path(f"{base}-{k}").exists():
         k += 1
     return Path(f"{base}-{k}")
-
-
-def _append_command(out: Path, command: str) -> None:
-    path = out / "command.txt"
-    old = path.read_text() if path.exists() else ""
-    atomic_write_text(path, old + command.rstrip("\n") + "\n")
 
 
 # ----------------------------------------------------------------------- data
@@ -190,7 +183,7 @@ def run(
     if not resume:
         atomic_write_text(out / "config.yaml", recipe.to_yaml())
     if command:
-        _append_command(out, command)
+        append_line(out / "command.txt", command)
     models = build_models(recipe, splits)
 
     summaries: dict[str, dict[str, Any]] = {}
@@ -249,7 +242,7 @@ def evaluate_and_write(
         metrics["robustness"] = robustness
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
     atomic_write(out / "examples.safetensors", lambda tmp: save_file(examples, tmp))
-    atomic_write_json(out / "metrics.json", _json_safe(metrics))
+    atomic_write_json(out / "metrics.json", json_safe(metrics))
     on_event("report", {})
     from .report import build_report  # matplotlib is imported only when a report is made
 
@@ -294,17 +287,6 @@ def evaluate_robustness(
             for name, model in models.items()
         }
     return out
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/Inf are not JSON: a diverged model's scores are written as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------ evaluation

@@ -75,10 +75,12 @@ steps. All outputs are batched (leading B) even when y is (T, p).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +111,17 @@ def _one_thread(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _serial_when_small(fn: Callable[..., FilterResult]) -> Callable[..., FilterResult]:
+    """Run ``fn(model, y, …)`` on one intra-op thread when its per-step tensors are small."""
+
+    @functools.wraps(fn)
+    def wrapper(model: LinearGaussian, y: Tensor, **kwargs: Any) -> FilterResult:
+        with _one_thread(_small(model.A, model.C, y)):
+            return fn(model, y, **kwargs)
+
+    return wrapper
 
 
 def _small(A, C, y) -> bool:
@@ -395,6 +408,7 @@ def _start(
 # --------------------------------------------------------------------- filter
 
 
+@_serial_when_small
 def kalman_filter(
     model: LinearGaussian,
     y: Tensor,
@@ -427,37 +441,6 @@ def kalman_filter(
     recursion runs on one intra-op thread (``torch.set_num_threads`` is
     restored afterwards): threads only add synchronisation to tiny ops.
     """
-    with _one_thread(_small(model.A, model.C, y)):
-        return _kalman_filter(
-            model,
-            y,
-            u=u,
-            init_mean=init_mean,
-            init_cov=init_cov,
-            init=init,
-            kappa=kappa,
-            init_cov_inf=init_cov_inf,
-            joseph=joseph,
-            burn=burn,
-            dtype=dtype,
-        )
-
-
-def _kalman_filter(
-    model: LinearGaussian,
-    y: Tensor,
-    *,
-    u: Tensor | None = None,
-    init_mean: Tensor | None = None,
-    init_cov: Tensor | None = None,
-    init: str = "known",
-    kappa: float = 1e6,
-    init_cov_inf: Tensor | None = None,
-    joseph: bool = True,
-    burn: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> FilterResult:
-    """:func:`kalman_filter` without the thread setting."""
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, got {init!r}")
     if burn < 0:
