@@ -247,7 +247,7 @@ class LinearSSM:
         raise AttributeError("LinearSSM is immutable")
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # pickle and copy rebuild through the constructor (attribute assignment is blocked)
+        # copies rebuild through the constructor (attribute assignment is blocked)
         return _rebuild, tuple(getattr(self, k) for k in self.__slots__)
 
     def __repr__(self) -> str:
