@@ -145,6 +145,15 @@ def _progress() -> Progress:
     )
 
 
+def _number(v: Any) -> str:
+    """4 significant digits, but never scientific notation for 1e3 ≤ |v| < 1e7."""
+    if v is None:
+        return "—"
+    if isinstance(v, (int, float)) and 1e3 <= abs(v) < 1e7:
+        return f"{v:.1f}"
+    return f"{v:.4g}"
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
     models = metrics.get("models", {})
     keys: list[str] = []
@@ -159,7 +168,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         row = [k]
         for m in models.values():
             v = m.get(k)
-            row.append("—" if v is None else f"{v:.4g}")
+            row.append(_number(v))
         table.add_row(*row)
     params = metrics.get("params", {})
     if params:
