@@ -269,6 +269,8 @@ def test_ctrl_c_names_the_resume_command(tmp_path):
     out = tmp_path / "r"
     cmd = [
         sys.executable,
+        "-X",
+        "faulthandler",  # a hang below dumps every thread's stack (SIGABRT)
         "-m",
         "tertulia",
         "run",
@@ -279,14 +281,25 @@ def test_ctrl_c_names_the_resume_command(tmp_path):
         "train.steps=5000",
         "--set",
         "train.checkpoint_every=10",
+        "--set",
+        "train.threads=1",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pointer = out / "checkpoint" / "orchestra" / "latest.json"
     deadline = time.time() + 120
     while not pointer.exists() and time.time() < deadline:
         time.sleep(0.01)
+    if not pointer.exists():
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"no checkpoint within 120 s; stderr:\n{err[-3000:]}")
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate()
+        pytest.fail(f"no exit 60 s after Ctrl-C; stacks:\n{err[-6000:]}")
     assert proc.returncode == 130
     assert f"tertulia run smoke --resume {out}" in err
     assert "Traceback" not in err
