@@ -274,3 +274,17 @@ def test_deq_with_stability_and_blocks_resumes_exactly(tmp_path):
     ):
         assert torch.equal(a, b), name
     assert resumed.stats == ref.stats
+
+
+def test_parameters_with_their_own_optim_settings_get_their_own_group(tmp_path):
+    task = ToyTask()
+    task.model.bias._optim = {"weight_decay": 0.0, "lr": 2.5e-3}  # a quarter of train.lr
+    trainer = Trainer(task, _cfg(steps=7, weight_decay=0.1), checkpoint_dir=tmp_path)
+    groups = trainer.optimizer.param_groups
+    special = [g for g in groups if any(p is task.model.bias for p in g["params"])]
+    assert len(special) == 1 and len(special[0]["params"]) == 1
+    assert special[0]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == 2  # every parameter exactly once
+    trainer.fit()
+    plain = next(g for g in groups if any(p is task.model.weight for p in g["params"]))
+    assert special[0]["lr"] == pytest.approx(0.25 * plain["lr"]) and plain["lr"] > 0

@@ -411,11 +411,73 @@ class SeriesRecipe(_RecipeBase):
     forecast: int = Field(10, ge=0, description="steps forecast past the end, with 90 % bands")
 
 
-AnyRecipe = Recipe | IslandRecipe | SeriesRecipe
+# ---------------------------------------------------------------- sequence models
+
+
+class SequenceDataConfig(_Section):
+    """Sequence-classification data (``tertulia.data.sequences``)."""
+
+    kind: Literal["delay_recall", "digits", "mnist"] = "digits"
+    delay: int = Field(500, ge=1, description="delay_recall: silent steps between token and cue")
+    tokens: int = Field(8, ge=2, description="delay_recall: number of token classes")
+    n_train: int = Field(2000, ge=1, description="delay_recall: training sequences")
+    n_test: int = Field(500, ge=1, description="delay_recall: test sequences")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: held-out share")
+    path: str | None = Field(None, description="mnist: directory of IDX files")
+    pixels: bool = Field(False, description="mnist: 784 one-pixel steps instead of 28 rows")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="training share held for validation")
+
+    @model_validator(mode="after")
+    def _check(self) -> SequenceDataConfig:
+        if self.kind == "mnist" and not self.path:
+            raise ValueError("data.kind=mnist needs data.path, a directory of MNIST IDX files")
+        return self
+
+
+class SequenceModelConfig(_Section):
+    """A residual stack of S4D or Mamba layers (``tertulia.nn.seqmodel``)."""
+
+    kind: Literal["s4d", "mamba"] = "s4d"
+    d_model: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    d_state: int = Field(64, ge=2, description="state size N per channel")
+    init: Literal["legs", "lin", "inv", "real", "random"] = Field(
+        "legs", description="S4D initialisation of the diagonal state matrix"
+    )
+    compare_init: Literal["none", "legs", "lin", "inv", "real", "random"] = Field(
+        "random", description="train a second S4D model with this init at equal budget"
+    )
+    dt_min: float = Field(1e-3, gt=0)
+    dt_max: float = Field(1e-1, gt=0)
+    ssm_lr: float = Field(1e-3, gt=0, description="learning rate of the SSM parameters (no decay)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pool: Literal["last", "mean"] = "last"
+
+    @model_validator(mode="after")
+    def _check(self) -> SequenceModelConfig:
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"model.dt_min={self.dt_min} exceeds model.dt_max={self.dt_max}")
+        return self
+
+
+class SequenceRecipe(_RecipeBase):
+    """Recipes ``delay-recall`` and ``seq-digits``: deep SSMs classifying sequences."""
+
+    task: Literal["sequence"] = "sequence"
+    name: str = "seq-digits"
+    description: str = ""
+    seed: int = 0
+    data: SequenceDataConfig = SequenceDataConfig()
+    model: SequenceModelConfig = SequenceModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+AnyRecipe = Recipe | IslandRecipe | SeriesRecipe | SequenceRecipe
 TASKS: dict[str, type[BaseModel]] = {
     "forecast": Recipe,
     "island": IslandRecipe,
     "series": SeriesRecipe,
+    "sequence": SequenceRecipe,
 }
 
 

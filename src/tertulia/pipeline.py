@@ -28,7 +28,14 @@ from torch import nn
 
 from . import build
 from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
-from .config import AnyRecipe, IslandRecipe, Recipe, SeriesRecipe, load_resolved
+from .config import (
+    AnyRecipe,
+    IslandRecipe,
+    Recipe,
+    SequenceRecipe,
+    SeriesRecipe,
+    load_resolved,
+)
 from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
 from .errors import DataError, RunDirError
@@ -161,6 +168,10 @@ def run(
         from .classical import run_classical
 
         return run_classical(recipe, out, command=command, on_event=on_event)
+    if isinstance(recipe, SequenceRecipe):
+        from .sequence import run_sequence
+
+        return run_sequence(recipe, out, resume=resume, command=command, on_event=on_event)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.
@@ -367,6 +378,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     """
     run_dir = Path(run_dir)
     recipe = require_run_dir(run_dir)
+    if isinstance(recipe, SequenceRecipe):
+        raise RunDirError(
+            f"{run_dir} is a sequence run: load its models with "
+            "tertulia.sequence.build_sequence_model and its checkpoint/ folders"
+        )
     if not isinstance(recipe, Recipe):
         raise RunDirError(
             f"{run_dir} is a {recipe.task} run of recipe {recipe.name!r}: it has no trained "
@@ -402,6 +418,10 @@ def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
         from .classical import run_classical
 
         return run_classical(recipe, Path(run_dir), on_event=on_event)
+    if isinstance(recipe, SequenceRecipe):  # resuming a finished run only re-scores it
+        from .sequence import run_sequence
+
+        return run_sequence(recipe, Path(run_dir), resume=True, on_event=on_event)
     run = load_run(run_dir)
     splits = load_dataset(run.recipe.data)
     check_splits(splits, run.recipe)

@@ -322,3 +322,56 @@ class ForecastTask:
             metrics["rho_below_1"] = float((rho < 1).double().mean())
             curves["rho"] = [round(float(r), 5) for r in rho]
         return {"metrics": metrics, "curves": curves, "rollout": roll}
+
+
+# ------------------------------------------------------------------ classification
+
+
+@dataclass
+class LabelledBatch:
+    x: torch.Tensor  # (B, L, C) sequences
+    y: torch.Tensor  # (B,) class labels
+
+
+class ClassifyTask:
+    """Sequence classification: cross-entropy on the model's logits (B, K).
+
+    ``splits`` maps ``train`` / ``val`` / ``test`` to objects with ``x`` (S, L, C)
+    and ``y`` (S,). Evaluation reports accuracy and the mean negative
+    log-likelihood (cross-entropy, nats) of the true class.
+    """
+
+    def __init__(self, model: nn.Module, splits: dict[str, Any], *, batch_size: int):
+        self.model = model
+        self.splits = splits
+        self.batch_size = batch_size
+
+    def sample_batch(self, generator: torch.Generator) -> LabelledBatch:
+        train = self.splits["train"]
+        rows = torch.randint(len(train.y), (self.batch_size,), generator=generator)
+        return LabelledBatch(train.x[rows], train.y[rows])
+
+    def loss(self, batch: LabelledBatch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.model(batch.x)
+        loss = nn.functional.cross_entropy(logits, batch.y)
+        accuracy = float((logits.argmax(-1) == batch.y).float().mean())
+        return loss, {"loss": float(loss), "nll": float(loss), "accuracy": accuracy}
+
+    @torch.no_grad()
+    def scores(self, split_name: str, *, batch_size: int = 256) -> dict[str, float]:
+        """Accuracy and cross-entropy on a whole split."""
+        split = self.splits[split_name]
+        correct, nll, n = 0, 0.0, len(split.y)
+        for start in range(0, n, batch_size):
+            x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+            logits = self.model(x)
+            correct += int((logits.argmax(-1) == y).sum())
+            nll += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        return {"accuracy": correct / n, "nll": nll / n}
+
+    def validation_nll(self, *, max_samples: int = 1024) -> float:
+        """Cross-entropy on (at most ``max_samples`` of) the validation split."""
+        split = self.splits["val"]
+        with torch.no_grad():
+            x, y = split.x[:max_samples], split.y[:max_samples]
+            return float(nn.functional.cross_entropy(self.model(x), y))

@@ -103,15 +103,31 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms and 1-D parameters are exempt."""
+    """Weight decay on matrices only; biases, norms and 1-D parameters are exempt.
+
+    A parameter carrying an ``_optim`` dict (the state-spaces convention, e.g.
+    S4D's ``log_dt`` and Λ: ``{"weight_decay": 0.0, "lr": 1e-3}``) gets a group
+    of its own with those settings; its ``lr`` is a base rate that follows the
+    schedule like ``train.lr`` does (``lr_scale`` = its lr / ``train.lr`` is
+    applied by the trainer).
+    """
     decay, no_decay = [], []
+    special: dict[tuple[tuple[str, float], ...], list[torch.nn.Parameter]] = {}
     for p in model.parameters():
-        if p.requires_grad:
+        if not p.requires_grad:
+            continue
+        settings = getattr(p, "_optim", None)
+        if settings:
+            special.setdefault(tuple(sorted(settings.items())), []).append(p)
+        else:
             (decay if p.ndim >= 2 and p.shape[-1] > 1 else no_decay).append(p)
-    return [
+    groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    for settings, params in special.items():
+        groups.append({"params": params, **dict(settings)})
+    return groups
 
 
 class Trainer:
@@ -141,6 +157,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr
         )
+        # groups with their own base lr keep its ratio to train.lr under the schedule
+        for group in self.optimizer.param_groups:
+            group["lr_scale"] = group["lr"] / cfg.lr
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
@@ -258,7 +277,7 @@ class Trainer:
         while self.step < cfg.steps:
             lr = learning_rate(self.step, cfg)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batch = self.task.sample_batch(self.generator)
             measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
             meter = SavedTensorMeter(self.params) if measure else None

@@ -1,0 +1,169 @@
+"""The sequence-classification job: deep SSM stacks on delayed recall and digits.
+
+``tertulia run delay-recall`` / ``seq-digits`` (``task: sequence``): data
+(``tertulia.data.sequences``) → the recipe's model (an S4D or Mamba stack)
+and, for S4D, a twin with ``model.compare_init`` (HiPPO-LegS vs a random
+diagonal A at equal parameters and steps) → the shared trainer (progress,
+checkpoints, resume) → accuracy and cross-entropy on the test split →
+``metrics.json`` and the report (metrics table, training curves).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
+from .build import count_parameters
+from .config import SequenceRecipe
+from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_idx
+from .nn.seqmodel import SequenceModel
+from .train import Trainer
+from .train.tasks import ClassifyTask
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
+    """train / val / test splits of the recipe's data (val carved from train)."""
+    d = recipe.data
+    if d.kind == "delay_recall":
+        splits = {
+            "train": delay_recall(d.n_train, delay=d.delay, tokens=d.tokens, seed=recipe.seed),
+            "test": delay_recall(d.n_test, delay=d.delay, tokens=d.tokens, seed=recipe.seed + 1),
+        }
+    elif d.kind == "digits":
+        splits = digit_sequences(test_fraction=d.test_fraction, seed=recipe.seed)
+    else:
+        assert d.path is not None  # the config requires it
+        splits = read_mnist_idx(d.path, as_rows=not d.pixels)
+    train = splits["train"]
+    n_val = max(1, int(round(d.val_fraction * len(train))))
+    splits["val"] = SequenceSplit(train.x[:n_val], train.y[:n_val], train.classes)
+    splits["train"] = SequenceSplit(train.x[n_val:], train.y[n_val:], train.classes)
+    return splits
+
+
+def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: str) -> nn.Module:
+    """The recipe's stack with S4D layers of initialisation ``init`` or Mamba blocks."""
+    m = recipe.model
+    if m.kind == "s4d":
+        from .nn.s4d import S4D
+
+        def block() -> nn.Module:
+            return S4D(m.d_model, N=m.d_state, init=init, dt_min=m.dt_min, dt_max=m.dt_max)
+
+    else:
+        from .nn.mamba import MambaBlock
+
+        def block() -> nn.Module:
+            return MambaBlock(m.d_model, d_state=m.d_state, dt_min=m.dt_min, dt_max=m.dt_max)
+
+    return SequenceModel(
+        d_in,
+        classes,
+        d_model=m.d_model,
+        layers=m.layers,
+        block=block,
+        pool=m.pool,
+        dropout=m.dropout,
+    )
+
+
+def run_sequence(
+    recipe: SequenceRecipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train and judge the recipe's models into ``out``; returns metrics.json's content."""
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    started = time.perf_counter()
+    splits = load_splits(recipe)  # bad data fails before anything is written
+    train = splits["train"]
+    on_event(
+        "data",
+        {
+            "source": recipe.data.kind,
+            "sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        append_line(out / "command.txt", command)
+    m = recipe.model
+    inits = {m.kind if m.kind == "mamba" else f"s4d_{m.init}": m.init}
+    if m.kind == "s4d" and m.compare_init not in ("none", m.init):
+        inits[f"s4d_{m.compare_init}"] = m.compare_init
+    d_in, classes = int(train.x.shape[-1]), train.classes
+
+    results: dict[str, Any] = {
+        "task": "sequence",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "kind": recipe.data.kind,
+            "steps": int(train.x.shape[1]),
+            "channels": d_in,
+            "classes": classes,
+            "n_train": len(train),
+            "n_test": len(splits["test"]),
+            "chance_accuracy": 1.0 / classes,
+        },
+        "params": {},
+        "models": {},
+        "train": {},
+    }
+    for index, (name, init) in enumerate(inits.items()):
+        torch.manual_seed(recipe.seed)  # equal seeds: the twins differ by their init only
+        model = build_sequence_model(recipe, d_in, classes, init)
+        task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size)
+        trainer = Trainer(
+            task,
+            recipe.train,
+            name=name,
+            seed=recipe.seed + 1000 + index,
+            checkpoint_dir=out / "checkpoint" / name,
+            log_path=out / "train_log.jsonl",
+            validate=task.validation_nll,
+            on_step=lambda step, total, logs, _n=name: on_event(
+                "step", {"model": _n, "step": step, "total": total, "logs": logs}
+            ),
+            meta={"recipe": recipe.name},
+        )
+        on_event("train_start", {"model": name, "total": recipe.train.steps})
+        summary = trainer.fit()
+        trainer.load_ema_into_model()
+        model.eval()
+        results["train"][name] = {
+            "steps": summary.steps,
+            "skipped_steps": summary.skipped_steps,
+            "seconds": round(summary.seconds, 3),
+            "resumed_from": summary.resumed_from,
+        }
+        on_event("train_end", {"model": name, **results["train"][name]})
+        results["params"][name] = count_parameters(model)
+        results["models"][name] = task.scores("test")
+    on_event("evaluate", {"models": list(inits)})
+    atomic_write_json(out / "metrics.json", json_safe(results))
+    on_event("report", {})
+    from .report import build_report
+
+    build_report(out)
+    return results
