@@ -70,3 +70,10 @@ def test_mnist_bad_files(tmp_path):
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + raw))
     only = read_mnist_idx(tmp_path, train=None)["all"]
     assert only.x.shape == (1, 28, 28) and only.y.tolist() == [7]
+
+
+def test_delay_recall_distractors_fill_the_delay():
+    s = delay_recall(16, delay=30, tokens=4, distractors=True, seed=2)
+    assert (s.x[:, 1:-1, :4].sum(-1) == 1).all()  # one token per step in the delay
+    assert torch.equal(s.x[:, 0, :4].argmax(-1), s.y)
+    assert torch.equal(delay_recall(16, delay=30, tokens=4, seed=2).y, s.y)

@@ -73,7 +73,7 @@ class _ProgressEvents:
             sizes = "/".join(str(v) for v in payload["sizes"].values())
             what = "/".join(payload["sizes"])
             if what == "train/val/test":
-                what += " trajectories"
+                what += " " + payload.get("unit", "trajectories")
             p.console.print(
                 f"data: {payload['source']}, {sizes} {what} "
                 f"({payload['seconds']:.1f} s)\nrun directory: {payload['out']}",

@@ -420,6 +420,7 @@ class SequenceDataConfig(_Section):
     kind: Literal["delay_recall", "digits", "mnist"] = "digits"
     delay: int = Field(500, ge=1, description="delay_recall: silent steps between token and cue")
     tokens: int = Field(8, ge=2, description="delay_recall: number of token classes")
+    distractors: bool = Field(False, description="delay_recall: random tokens fill the delay")
     n_train: int = Field(2000, ge=1, description="delay_recall: training sequences")
     n_test: int = Field(500, ge=1, description="delay_recall: test sequences")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: held-out share")

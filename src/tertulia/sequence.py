@@ -38,8 +38,20 @@ def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
     d = recipe.data
     if d.kind == "delay_recall":
         splits = {
-            "train": delay_recall(d.n_train, delay=d.delay, tokens=d.tokens, seed=recipe.seed),
-            "test": delay_recall(d.n_test, delay=d.delay, tokens=d.tokens, seed=recipe.seed + 1),
+            "train": delay_recall(
+                d.n_train,
+                delay=d.delay,
+                tokens=d.tokens,
+                distractors=d.distractors,
+                seed=recipe.seed,
+            ),
+            "test": delay_recall(
+                d.n_test,
+                delay=d.delay,
+                tokens=d.tokens,
+                distractors=d.distractors,
+                seed=recipe.seed + 1,
+            ),
         }
     elif d.kind == "digits":
         splits = digit_sequences(test_fraction=d.test_fraction, seed=recipe.seed)
@@ -68,7 +80,7 @@ def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: 
         def block() -> nn.Module:
             return MambaBlock(m.d_model, d_state=m.d_state, dt_min=m.dt_min, dt_max=m.dt_max)
 
-    return SequenceModel(
+    model = SequenceModel(
         d_in,
         classes,
         d_model=m.d_model,
@@ -77,6 +89,11 @@ def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: 
         pool=m.pool,
         dropout=m.dropout,
     )
+    for module in model.modules():  # SSM parameters: own learning rate, no weight decay
+        if hasattr(module, "ssm_parameters"):
+            for p in module.ssm_parameters():
+                p._optim = {"weight_decay": 0.0, "lr": m.ssm_lr}
+    return model
 
 
 def run_sequence(
@@ -98,6 +115,7 @@ def run_sequence(
         {
             "source": recipe.data.kind,
             "sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "unit": "sequences",
             "seconds": time.perf_counter() - started,
             "out": str(out),
         },

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import DataError
 
@@ -38,12 +39,16 @@ class SequenceSplit:
         return int(self.y.shape[0])
 
 
-def delay_recall(n: int, *, delay: int = 500, tokens: int = 8, seed: int = 0) -> SequenceSplit:
-    """``n`` sequences of ``delay + 2`` steps: token, ``delay`` silent steps, the cue.
+def delay_recall(
+    n: int, *, delay: int = 500, tokens: int = 8, distractors: bool = False, seed: int = 0
+) -> SequenceSplit:
+    """``n`` sequences of ``delay + 2`` steps: token, ``delay`` steps, the cue.
 
-    Channels: ``tokens`` one-hot channels (non-zero at step 0 only) and one cue
-    channel (1 at the last step). The label is the token of step 0, so chance
-    accuracy is ``1 / tokens``.
+    Channels: ``tokens`` one-hot channels and one cue channel (1 at the last
+    step). The label is the token of step 0, so chance accuracy is
+    ``1 / tokens``. The steps between are silent, or with ``distractors`` hold
+    random tokens of their own: then the model must tell step 0 apart from
+    every later step, not merely hold one value.
     """
     if n < 1 or delay < 1 or tokens < 2:
         raise DataError(
@@ -53,6 +58,9 @@ def delay_recall(n: int, *, delay: int = 500, tokens: int = 8, seed: int = 0) ->
     y = torch.randint(tokens, (n,), generator=gen)
     x = torch.zeros(n, delay + 2, tokens + 1)
     x[torch.arange(n), 0, y] = 1.0
+    if distractors:
+        noise = torch.randint(tokens, (n, delay), generator=gen)
+        x[:, 1:-1, :tokens] = nn.functional.one_hot(noise, tokens).float()
     x[:, -1, tokens] = 1.0
     return SequenceSplit(x=x, y=y, classes=tokens)
 

@@ -355,7 +355,8 @@ class ClassifyTask:
         logits = self.model(batch.x)
         loss = nn.functional.cross_entropy(logits, batch.y)
         accuracy = float((logits.argmax(-1) == batch.y).float().mean())
-        return loss, {"loss": float(loss), "nll": float(loss), "accuracy": accuracy}
+        value = float(loss.detach())
+        return loss, {"loss": value, "nll": value, "accuracy": accuracy}
 
     @torch.no_grad()
     def scores(self, split_name: str, *, batch_size: int = 256) -> dict[str, float]:
