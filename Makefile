@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/orchestra_speed.py
 	$(BIN)/python benchmarks/equilibrium.py
 	$(BIN)/python benchmarks/kalman.py
+	$(BIN)/python benchmarks/scan.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

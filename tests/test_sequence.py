@@ -77,3 +77,11 @@ def test_mnist_rows_need_a_directory():
     recipe = load_recipe("seq-digits", ["data.kind=mnist", f"data.path={MNIST}"])
     splits = load_splits(recipe)
     assert splits["train"].x.shape[1:] == (28, 28) and len(splits["test"]) == 2000
+
+
+def test_mamba_stack_trains(tmp_path):
+    extra = ["data.delay=20", "data.n_train=64", "data.n_test=32", "model.kind=mamba"]
+    result = invoke("run", "delay-recall", "--out", tmp_path / "m", *_sets(extra))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["mamba"]
