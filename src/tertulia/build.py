@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .nn.graph import Graph, make_graph
 from .nn.mlp import GaussianMLP, Persistence, hidden_for_params
 from .nn.orchestra import Orchestra
+from .nn.ssm_forecaster import GaussianSSM
 from .solvers import Equilibrium, SolverSpec, Truncated, Unrolled
 from .stability import spectral_bound
 
@@ -121,3 +122,17 @@ def build_mlp(recipe: Recipe, *, params: int, scale: float = 1.0) -> GaussianMLP
 
 def build_persistence(*, sigma: float) -> Persistence:
     return Persistence(sigma=sigma)
+
+
+def build_ssm(recipe: Recipe, kind: str, *, scale: float = 1.0) -> GaussianSSM:
+    """A deep-SSM forecaster (``baselines.ssm``): S4D or Mamba layers scanning the grid."""
+    b = recipe.baselines
+    return GaussianSSM(
+        grid=recipe.data.grid,
+        window=recipe.data.window,
+        kind=kind,
+        d_model=b.ssm_width,
+        layers=b.ssm_layers,
+        d_state=b.ssm_state,
+        scale=scale,
+    )

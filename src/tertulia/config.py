@@ -136,6 +136,12 @@ class BaselinesConfig(_Section):
     persistence: bool = True
     mlp: bool = True
     mlp_layers: int = Field(1, ge=1, description="hidden layers of the monolithic MLP")
+    ssm: list[Literal["s4d", "mamba"]] = Field(
+        [], description="deep-SSM forecasters scanning the grid (S4D, Mamba), trained alongside"
+    )
+    ssm_width: int = Field(32, ge=2, description="width H of the SSM forecasters")
+    ssm_layers: int = Field(2, ge=1, description="residual SSM layers")
+    ssm_state: int = Field(32, ge=2, description="state size N per channel (even)")
     cell: Literal["auto", "none", "trm", "kalman"] = Field(
         "auto",
         description="train a second orchestra with this cell kind for comparison; 'auto' picks"

@@ -116,6 +116,10 @@ def build_trainable_models(recipe: Recipe, *, scale: float = 1.0) -> dict[str, n
         torch.manual_seed(recipe.seed + 1)
         params = build.count_parameters(models["orchestra"])
         models["mlp"] = build.build_mlp(recipe, params=params, scale=scale)
+    b = recipe.baselines
+    for i, kind in enumerate(dict.fromkeys(b.ssm)):
+        torch.manual_seed(recipe.seed + 3 + i)
+        models[kind] = build.build_ssm(recipe, kind, scale=scale)
     other = comparison_cell(recipe)
     if other is not None:
         torch.manual_seed(recipe.seed + 2)

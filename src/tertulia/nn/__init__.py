@@ -19,5 +19,6 @@ from .s4d import S4D as S4D
 from .s4d import S4DKernel as S4DKernel
 from .scan import selective_scan as selective_scan
 from .seqmodel import SequenceModel as SequenceModel
+from .ssm_forecaster import GaussianSSM as GaussianSSM
 from .stacked import StackedLayerNorm as StackedLayerNorm
 from .stacked import StackedLinear as StackedLinear
