@@ -34,6 +34,7 @@ from .config import (
     Recipe,
     SequenceRecipe,
     SeriesRecipe,
+    TrainConfig,
     load_resolved,
 )
 from .data import Trajectories, load_dataset, will_generate
@@ -155,6 +156,46 @@ def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories])
 # ------------------------------------------------------------------------ run
 
 
+def fit_in_run(
+    task: Any,
+    train: TrainConfig,
+    *,
+    name: str,
+    seed: int,
+    out: Path,
+    recipe_name: str,
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train ``task.model`` into the run directory ``out`` (resumable); load its EMA weights.
+
+    Returns the training summary: steps, skipped steps, seconds, the step it
+    resumed from and the trainer's running statistics.
+    """
+    trainer = Trainer(
+        task,
+        train,
+        name=name,
+        seed=seed,
+        checkpoint_dir=out / "checkpoint" / name,
+        log_path=out / "train_log.jsonl",
+        validate=task.validation_nll,
+        on_step=lambda step, total, logs: on_event(
+            "step", {"model": name, "step": step, "total": total, "logs": logs}
+        ),
+        meta={"recipe": recipe_name},
+    )
+    on_event("train_start", {"model": name, "total": train.steps})
+    summary = trainer.fit()
+    trainer.load_ema_into_model()
+    return {
+        "steps": summary.steps,
+        "skipped_steps": summary.skipped_steps,
+        "seconds": round(summary.seconds, 3),
+        "resumed_from": summary.resumed_from,
+        **summary.stats,
+    }
+
+
 def run(
     recipe: AnyRecipe,
     out: Path,
@@ -207,29 +248,15 @@ def run(
             continue
         task = make_task(recipe, model, splits)
         torch.manual_seed(recipe.seed + 100 + index)
-        trainer = Trainer(
+        summaries[name] = fit_in_run(
             task,
             recipe.train,
             name=name,
             seed=recipe.seed + 1000 + index,
-            checkpoint_dir=out / "checkpoint" / name,
-            log_path=out / "train_log.jsonl",
-            validate=task.validation_nll,
-            on_step=lambda step, total, logs, _n=name: on_event(
-                "step", {"model": _n, "step": step, "total": total, "logs": logs}
-            ),
-            meta={"recipe": recipe.name},
+            out=out,
+            recipe_name=recipe.name,
+            on_event=on_event,
         )
-        on_event("train_start", {"model": name, "total": recipe.train.steps})
-        summary = trainer.fit()
-        trainer.load_ema_into_model()
-        summaries[name] = {
-            "steps": summary.steps,
-            "skipped_steps": summary.skipped_steps,
-            "seconds": round(summary.seconds, 3),
-            "resumed_from": summary.resumed_from,
-            **summary.stats,
-        }
         if name == "orchestra":
             summaries[name]["mode"] = recipe.train.mode
             if recipe.train.mode == "deq":

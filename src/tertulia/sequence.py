@@ -23,7 +23,7 @@ from .build import count_parameters
 from .config import SequenceRecipe
 from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_idx
 from .nn.seqmodel import SequenceModel
-from .train import Trainer
+from .pipeline import fit_in_run
 from .train.tasks import ClassifyTask
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -152,28 +152,18 @@ def run_sequence(
         torch.manual_seed(recipe.seed)  # equal seeds: the twins differ by their init only
         model = build_sequence_model(recipe, d_in, classes, init)
         task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size)
-        trainer = Trainer(
+        summary = fit_in_run(
             task,
             recipe.train,
             name=name,
             seed=recipe.seed + 1000 + index,
-            checkpoint_dir=out / "checkpoint" / name,
-            log_path=out / "train_log.jsonl",
-            validate=task.validation_nll,
-            on_step=lambda step, total, logs, _n=name: on_event(
-                "step", {"model": _n, "step": step, "total": total, "logs": logs}
-            ),
-            meta={"recipe": recipe.name},
+            out=out,
+            recipe_name=recipe.name,
+            on_event=on_event,
         )
-        on_event("train_start", {"model": name, "total": recipe.train.steps})
-        summary = trainer.fit()
-        trainer.load_ema_into_model()
         model.eval()
         results["train"][name] = {
-            "steps": summary.steps,
-            "skipped_steps": summary.skipped_steps,
-            "seconds": round(summary.seconds, 3),
-            "resumed_from": summary.resumed_from,
+            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
         }
         on_event("train_end", {"model": name, **results["train"][name]})
         results["params"][name] = count_parameters(model)
