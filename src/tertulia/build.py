@@ -101,6 +101,8 @@ def build_orchestra(recipe: Recipe, *, scale: float = 1.0) -> Orchestra:
         scale=scale,
         skip=m.skip,
         cell=m.cell,
+        ssm_channels=m.ssm_channels,
+        ssm_state=m.ssm_state,
     )
     if m.spectral_norm is not None:
         # every linear map inside the round: the cells' MLPs and the messenger

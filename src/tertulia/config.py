@@ -125,11 +125,14 @@ class ModelConfig(_Section):
     spectral_norm: float | None = Field(
         None, gt=0, description="bound on the largest singular value of every cell/message map"
     )
-    cell: Literal["trm", "kalman"] = Field(
+    cell: Literal["trm", "kalman", "ssm"] = Field(
         "trm",
-        description="cell kind: 'trm' (residual MLP) or 'kalman' (learned linear-Gaussian"
-        " predict/update whose innovation variance feeds the Gaussian head)",
+        description="cell kind: 'trm' (residual MLP), 'kalman' (learned linear-Gaussian"
+        " predict/update whose innovation variance feeds the Gaussian head) or 'ssm' (a TRM"
+        " update reading the cell's patch through a state/message-selected diagonal SSM)",
     )
+    ssm_channels: int = Field(8, ge=1, description="SSM channels h of the 'ssm' cell")
+    ssm_state: int = Field(16, ge=2, description="state size N per channel of the 'ssm' cell")
 
 
 class BaselinesConfig(_Section):
@@ -142,7 +145,7 @@ class BaselinesConfig(_Section):
     ssm_width: int = Field(32, ge=2, description="width H of the SSM forecasters")
     ssm_layers: int = Field(2, ge=1, description="residual SSM layers")
     ssm_state: int = Field(32, ge=2, description="state size N per channel (even)")
-    cell: Literal["auto", "none", "trm", "kalman"] = Field(
+    cell: Literal["auto", "none", "trm", "kalman", "ssm"] = Field(
         "auto",
         description="train a second orchestra with this cell kind for comparison; 'auto' picks"
         " 'trm' when model.cell is not 'trm', else none",
@@ -313,6 +316,11 @@ class Recipe(_RecipeBase):
             raise ValueError(
                 f"model.d={m.d} is odd; the Kalman cell splits its state into a mean and a "
                 "log-variance half, so model.d must be even"
+            )
+        if "ssm" in kinds and m.ssm_state % 2:
+            raise ValueError(
+                f"model.ssm_state={m.ssm_state} is odd; the SSM cell stores N/2 complex modes "
+                "and their conjugates, so model.ssm_state must be even"
             )
         if g.kind == "explicit" and not g.edges:
             raise ValueError("model.graph.kind=explicit needs model.graph.edges, e.g. [[0, 1]]")

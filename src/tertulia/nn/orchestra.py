@@ -27,8 +27,13 @@ The cell kind is a choice: ``cell="trm"`` (the residual MLP of
 a diagonal Gaussian, one learned predict/update per round with ``e_i`` as the
 measurement and the message as control input, starting from the learned prior
 ``[μ0_i, log p0_i]``; :class:`KalmanHead` reads it out linearly with variance
-``(W∘W) p + ρ``). The round contract ``S ↦ F(S)`` is the same for both, so
-every solver and schedule works with either.
+``(W∘W) p + ρ``) or ``cell="ssm"`` (:mod:`tertulia.nn.ssm_cell`: each round
+the cell scans its patch of the window along space with a bidirectional
+diagonal SSM whose step sizes its state and message select, then a TRM update
+reads the scan; its local input is the window lifted point by point,
+``u_i`` of shape (P, h), not the flat encoding). The round contract
+``S ↦ F(S)`` is the same for all three, so every solver and schedule works
+with any of them.
 
 Legend: B batch, w window, G grid, n cells, P patch, h halo, N nodes
 (cells + coordinator + memory slots), d state, d_m message.
@@ -50,6 +55,7 @@ from .graph import Graph
 from .heads import KalmanHead, Prediction, StackedGaussianHead
 from .kalman_cell import KalmanCellBank
 from .messaging import AttentionMessenger, MemorySlots
+from .ssm_cell import SSMCellBank
 from .stacked import StackedLinear
 
 
@@ -76,7 +82,7 @@ class OrchestraTrace:
 
 
 class Orchestra(nn.Module):
-    """n TRM (or Kalman) cells over contiguous patches of a periodic 1-D field."""
+    """n TRM (or Kalman, or SSM) cells over contiguous patches of a periodic 1-D field."""
 
     def __init__(
         self,
@@ -96,6 +102,8 @@ class Orchestra(nn.Module):
         scale: float = 1.0,
         skip: str = "state",
         cell: str = "trm",
+        ssm_channels: int = 8,
+        ssm_state: int = 16,
     ):
         """Build the cells, the messenger and the heads.
 
@@ -115,7 +123,10 @@ class Orchestra(nn.Module):
                 ignored by Kalman cells.
             cell: ``"trm"`` (residual MLP cells) or ``"kalman"`` (learned linear-Gaussian
                 predict/update cells and the innovation-variance head; needs even ``d``;
-                ``hidden_mult`` and ``skip`` do not apply).
+                ``hidden_mult`` and ``skip`` do not apply) or ``"ssm"`` (a TRM update driven by
+                a state/message-selected diagonal SSM scanning the cell's patch).
+            ssm_channels, ssm_state: SSM channels h and state size N per channel (even) of
+                the ``"ssm"`` cell.
         """
         super().__init__()
         n = graph.cells
@@ -127,8 +138,8 @@ class Orchestra(nn.Module):
             raise ValueError(f"order must be 'fixed' or 'random', got {order!r}")
         if kernel not in ("batched", "loop"):
             raise ValueError(f"kernel must be 'batched' or 'loop', got {kernel!r}")
-        if cell not in ("trm", "kalman"):
-            raise ValueError(f"cell must be 'trm' or 'kalman', got {cell!r}")
+        if cell not in ("trm", "kalman", "ssm"):
+            raise ValueError(f"cell must be 'trm', 'kalman' or 'ssm', got {cell!r}")
         self.graph, self.grid, self.window = graph, grid, window
         self.cells, self.patch, self.halo = n, grid // n, halo
         if 2 * halo > self.patch:
@@ -137,11 +148,25 @@ class Orchestra(nn.Module):
         self.solver = solver if solver is not None else Unrolled(6)
         self.d_msg = d_msg
         n_upd = graph.updating_cells
-        self.encoder = StackedLinear(n_upd, window * self.patch, d)
-        self.bank: CellBank | KalmanCellBank
+        self.bank: CellBank | KalmanCellBank | SSMCellBank
+        if cell == "ssm":  # the bank lifts the window point by point itself
+            self.bank = SSMCellBank(
+                n_upd,
+                d=d,
+                d_msg=d_msg,
+                hidden=hidden_mult * d,
+                patch=self.patch,
+                window=window,
+                channels=ssm_channels,
+                state=ssm_state,
+                skip=skip,
+            )
+            self.encoder: StackedLinear | None = None
+        else:
+            self.encoder = StackedLinear(n_upd, window * self.patch, d)
         if cell == "kalman":
             self.bank = KalmanCellBank(n_upd, d=d, d_msg=d_msg)
-        else:
+        elif cell == "trm":
             self.bank = CellBank(n_upd, d=d, d_msg=d_msg, hidden=hidden_mult * d, skip=skip)
         self.messenger = AttentionMessenger(graph, d=d, d_msg=d_msg, d_key=d_key)
         self.memory = (
@@ -215,8 +240,12 @@ class Orchestra(nn.Module):
                 f"expected input of shape (batch, {self.window}, {self.grid}), got {tuple(x.shape)}"
             )
         b = x.shape[0]
-        e = self.encoder(self.local_inputs(x / self.scale))  # (B, n_upd, d)
-        cells0 = self.bank.initial(e) if isinstance(self.bank, KalmanCellBank) else e
+        local = self.local_inputs(x / self.scale)  # (B, n_upd, w·P)
+        if isinstance(self.bank, SSMCellBank):  # e: (B, n_upd, P, h), the lifted window
+            e = self.bank.lift_window(local.reshape(b, -1, self.window, self.patch).transpose(2, 3))
+        else:
+            e = self.encoder(local)  # (B, n_upd, d)
+        cells0 = e if isinstance(self.bank, CellBank) else self.bank.initial(e)
         s0 = cells0 if self.memory is None else torch.cat([cells0, self.memory.initial(b)], dim=1)
         box: dict = {}
         round_fn = self._round_sync if self.schedule == "sync" else self._round_async
@@ -288,12 +317,13 @@ class Orchestra(nn.Module):
         """
         n_upd = self.graph.updating_cells
         groups: list[tuple[nn.Module, list[int]]] = [
-            (self.encoder, list(range(n_upd))),
             (self.bank, list(range(n_upd))),
             (self.messenger.emit, list(range(self.graph.nodes))),
             (self.messenger.query, list(range(self.graph.nodes))),
             (self.head, list(range(self.cells))),
         ]
+        if self.encoder is not None:
+            groups.append((self.encoder, list(range(n_upd))))
         if self.memory is not None:
             groups.append((self.memory, list(range(n_upd, self.graph.nodes))))
         out = []
