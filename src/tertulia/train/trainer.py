@@ -11,6 +11,9 @@ from its last checkpoint continues exactly as if it had never stopped:
 * batches: drawn from a ``torch.Generator`` whose state is saved;
 * torch's global RNG (random asynchronous orders) is saved too.
 
+With ``layer_groups`` (:mod:`tertulia.train.stages`) named parameter groups
+start learning at their own steps and rates (gradual unfreezing); with
+``keep_best`` the best-validating weights are kept beside the latest ones.
 With ``train.blocks`` set, only the cells of the current block learn
 (:mod:`tertulia.train.blocks`); frozen cells keep their weights and optimiser
 state bit-identical. Solver statistics (forward and adjoint iterations,
@@ -30,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,7 @@ from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
 from .blocks import BlockFreezer
+from .stages import LayerGroup, drop_frozen_grads, staged_parameter_groups
 from .checkpoint import (
     has_checkpoint,
     latest_step,
@@ -145,7 +149,22 @@ class Trainer:
         on_step: StepCallback | None = None,
         validate: Callable[[], float] | None = None,
         meta: dict[str, Any] | None = None,
+        layer_groups: Sequence[LayerGroup] | None = None,
+        keep_best: bool = False,
     ):
+        """Args beyond the task and config:
+
+        name, seed: the model's name in logs and checkpoints; the batch-sampling seed.
+        checkpoint_dir, log_path: where checkpoints and JSON-lines logs go (None: nowhere).
+        on_step: progress callback ``(step, total, logs)``.
+        validate: a lower-is-better validation score, computed at every checkpoint.
+        meta: extra JSON saved with each checkpoint.
+        layer_groups: train only these parameters, each group from its ``start`` step at
+            ``lr_mult`` × lr (:mod:`tertulia.train.stages`); default: every parameter
+            with ``requires_grad``, all from step 0.
+        keep_best: also keep the weights (EMA when on) with the best ``validate`` score in
+            ``checkpoint_dir/best`` (:meth:`load_best_into_model`).
+        """
         self.task, self.cfg, self.name, self.seed = task, cfg, name, seed
         self.checkpoint_dir = checkpoint_dir
         self.log_path = log_path
@@ -153,13 +172,21 @@ class Trainer:
         self.validate = validate
         self.meta = meta or {}
         self.model = task.model
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr
-        )
-        # groups with their own base lr keep its ratio to train.lr under the schedule
-        for group in self.optimizer.param_groups:
-            group["lr_scale"] = group["lr"] / cfg.lr
+        self.keep_best = keep_best and validate is not None and checkpoint_dir is not None
+        self.best: float = math.inf
+        if layer_groups is not None:
+            self.optimizer = torch.optim.AdamW(
+                staged_parameter_groups(layer_groups, cfg.weight_decay), lr=cfg.lr
+            )
+            self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        else:
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(
+                parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr
+            )
+            # groups with their own base lr keep its ratio to train.lr under the schedule
+            for group in self.optimizer.param_groups:
+                group["lr_scale"] = group["lr"] / cfg.lr
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
@@ -208,8 +235,27 @@ class Trainer:
             "seconds": self.seconds,
             "stats": self.stats,
             "optimizer": opt_meta,
+            "best": self.best if math.isfinite(self.best) else None,
         }
         save_checkpoint(self.checkpoint_dir, step=self.step, groups=groups, meta=meta)
+
+    def _save_best(self, score: float) -> None:
+        self.best = score
+        assert self.checkpoint_dir is not None
+        save_checkpoint(
+            self.checkpoint_dir / "best",
+            step=self.step,
+            groups={"model": self.ema_state_dict()},
+            meta={**self.meta, "model": self.name, "score": score},
+        )
+
+    def load_best_into_model(self) -> int | None:
+        """Load the best-scoring weights kept by ``keep_best``; returns their step."""
+        if self.checkpoint_dir is None or not has_checkpoint(self.checkpoint_dir / "best"):
+            return None
+        groups, meta = load_checkpoint(self.checkpoint_dir / "best")
+        self.model.load_state_dict(groups["model"])
+        return int(meta["step"])
 
     def resume(self) -> int:
         """Restore everything from the latest checkpoint; returns the step resumed from."""
@@ -228,6 +274,8 @@ class Trainer:
         self.skipped = int(meta.get("skipped_steps", 0))
         self.seconds = float(meta.get("seconds", 0.0))
         self.stats.update(meta.get("stats", {}))
+        if meta.get("best") is not None:
+            self.best = float(meta["best"])
         self._truncate_log(self.step)
         return self.step
 
@@ -293,6 +341,9 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 logs.update(getattr(self.task, "after_backward", dict)())
+                live = drop_frozen_grads(self.optimizer, self.step)
+                if live:
+                    logs["layer_groups_live"] = float(len(live))
                 if self.freezer is not None:
                     self.freezer.mask_grads(self.step)
                     logs["block"] = float(self.freezer.schedule.block_index(self.step))
@@ -327,6 +378,8 @@ class Trainer:
                     self.model.train()
                     logs["val_nll"] = val
                     self._log({"model": self.name, "step": self.step, "val_nll": val})
+                    if self.keep_best and val < self.best:
+                        self._save_best(val)
                 self.save()
                 t_last = time.perf_counter()
             if self.on_step is not None:
