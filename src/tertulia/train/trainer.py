@@ -45,7 +45,6 @@ from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
 from .blocks import BlockFreezer
-from .stages import LayerGroup, drop_frozen_grads, staged_parameter_groups
 from .checkpoint import (
     has_checkpoint,
     latest_step,
@@ -54,6 +53,7 @@ from .checkpoint import (
     optimizer_to_tensors,
     save_checkpoint,
 )
+from .stages import LayerGroup, drop_frozen_grads, staged_parameter_groups
 from .tasks import Task
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
