@@ -57,7 +57,7 @@ def test_delay_recall(tmp_path):
     result = invoke("run", "delay-recall", "--out", tmp_path / "dr", *_sets(extra))
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "dr" / "metrics.json").read_text())
-    assert list(metrics["models"]) == ["s4d_legs"]
+    assert list(metrics["models"]) == ["hippo_legs"]
     assert metrics["data"]["steps"] == 22 and metrics["data"]["chance_accuracy"] == 1 / 8
 
 

@@ -1,9 +1,9 @@
 """The sequence-classification job: deep SSM stacks on delayed recall and digits.
 
 ``tertulia run delay-recall`` / ``seq-digits`` (``task: sequence``): data
-(``tertulia.data.sequences``) → the recipe's model (an S4D or Mamba stack)
-and, for S4D, a twin with ``model.compare_init`` (HiPPO-LegS vs a random
-diagonal A at equal parameters and steps) → the shared trainer (progress,
+(``tertulia.data.sequences``) → the recipe's model (an S4D, Mamba or
+HiPPO-memory stack) and, for S4D and HiPPO, a twin with ``model.compare_init``
+(HiPPO-LegS vs a random A at equal parameters and steps) → the shared trainer (progress,
 checkpoints, resume) → accuracy and cross-entropy on the test split →
 ``metrics.json`` and the report (metrics table, training curves).
 """
@@ -66,13 +66,24 @@ def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
 
 
 def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: str) -> nn.Module:
-    """The recipe's stack with S4D layers of initialisation ``init`` or Mamba blocks."""
+    """The recipe's stack: S4D layers or fixed HiPPO memories (``kind: hippo``, init legs
+    or random) of initialisation ``init``, or Mamba blocks.
+
+    HiPPO memories have no ``ssm_parameters`` (A and B are fixed buffers), so the
+    SSM learning-rate tagging below skips them.
+    """
     m = recipe.model
     if m.kind == "s4d":
         from .nn.s4d import S4D
 
         def block() -> nn.Module:
             return S4D(m.d_model, N=m.d_state, init=init, dt_min=m.dt_min, dt_max=m.dt_max)
+
+    elif m.kind == "hippo":
+        from .nn.hippo_memory import HippoMemory
+
+        def block() -> nn.Module:
+            return HippoMemory(m.d_model, N=m.d_state, init=init)
 
     else:
         from .nn.mamba import MambaBlock
@@ -126,9 +137,9 @@ def run_sequence(
     if command:
         append_line(out / "command.txt", command)
     m = recipe.model
-    inits = {m.kind if m.kind == "mamba" else f"s4d_{m.init}": m.init}
-    if m.kind == "s4d" and m.compare_init not in ("none", m.init):
-        inits[f"s4d_{m.compare_init}"] = m.compare_init
+    inits = {m.kind if m.kind == "mamba" else f"{m.kind}_{m.init}": m.init}
+    if m.kind in ("s4d", "hippo") and m.compare_init not in ("none", m.init):
+        inits[f"{m.kind}_{m.compare_init}"] = m.compare_init
     d_in, classes = int(train.x.shape[-1]), train.classes
 
     results: dict[str, Any] = {

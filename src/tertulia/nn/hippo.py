@@ -30,7 +30,19 @@ so a real kernel is ``K_l = 2·Re Σ_n C_n B̄_n Ā_n^l``.
     ZOH:       Ā = e^{ΔΛ},                 B̄ = (e^{ΔΛ} − 1)/Λ · B
     bilinear:  Ā = (1 + ΔΛ/2)/(1 − ΔΛ/2),  B̄ = Δ/(1 − ΔΛ/2) · B
 
-Legend: N state size (even for the diagonal inits), N/2 stored modes.
+*Scale-invariant LegS memory* (:func:`legs_transitions`, HiPPO-RNN / LSSL
+with fixed A): ``c'(t) = (1/t)(A c(t) + B u(t))``, discretised at step
+k = 0 … L−1 with t = k + 1 by the bilinear rule:
+
+    M_k = (I − A/(2t))⁻¹,   Ā_k = M_k (I + A/(2t)),   B̄_k = M_k B/t
+    c_{k+1} = Ā_k c_k + B̄_k u_k,   c_0 = 0
+
+*Random control* (:func:`random_memory_matrix`): ``A = (N/2)(G − I)`` with
+``G_nk ~ N(0, 1/N)``; its spectrum lies near the disc of radius N/2 centred
+at −N/2 (left half-plane, magnitudes comparable to LegS's −1 … −N).
+
+Legend: N state size (even for the diagonal inits), N/2 stored modes,
+L steps, k step index, t = k + 1 the memory's time.
 """
 
 from __future__ import annotations
@@ -129,3 +141,34 @@ def discretize_bilinear(
     half = Lambda * dt / 2.0
     denom = 1.0 - half
     return (1.0 + half) / denom, dt / denom * B
+
+
+def legs_transitions(
+    A: torch.Tensor, B: torch.Tensor, L: int, *, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale-invariant bilinear transitions ``(Ā (L, N, N), B̄ (L, N))`` in float64.
+
+    Step k = start … start + L − 1 uses t = k + 1: ``Ā_k = M (I + A/(2t))``,
+    ``B̄_k = M B/t`` with ``M = (I − A/(2t))⁻¹`` (see the module docstring).
+    """
+    if L < 1 or start < 0:
+        raise ValueError(f"need L >= 1 and start >= 0, got L={L}, start={start}")
+    A = A.to(torch.float64)
+    B = B.to(torch.float64)
+    N = A.shape[-1]
+    t = torch.arange(start + 1, start + L + 1, dtype=torch.float64, device=A.device)
+    half = A / (2.0 * t[:, None, None])  # (L, N, N)
+    eye = torch.eye(N, dtype=torch.float64, device=A.device)
+    lhs = eye - half
+    rhs = torch.cat([eye + half, (B / t[:, None])[..., None]], dim=-1)  # (L, N, N + 1)
+    sol = torch.linalg.solve(lhs, rhs)
+    return sol[..., :N], sol[..., N]
+
+
+def random_memory_matrix(N: int, seed: int = 0) -> torch.Tensor:
+    """The random control ``A = (N/2)(G − I)`` (N, N) float64, ``G_nk ~ N(0, 1/N)``."""
+    if N < 1:
+        raise ValueError(f"N must be >= 1, got {N}")
+    gen = torch.Generator().manual_seed(seed)
+    G = torch.randn(N, N, generator=gen, dtype=torch.float64) / math.sqrt(N)
+    return (N / 2.0) * (G - torch.eye(N, dtype=torch.float64))
