@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/equilibrium.py
 	$(BIN)/python benchmarks/kalman.py
 	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/seq_mnist.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
