@@ -154,8 +154,19 @@ def _number(v: Any) -> str:
     return f"{v:.4g}"
 
 
+def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metric dicts as dotted keys: {"a": {"b": 1}} → {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    models = metrics.get("models", {})
+    models = {name: _flatten(row) for name, row in metrics.get("models", {}).items()}
     keys: list[str] = []
     for m in models.values():
         keys += [k for k in m if k not in keys]
@@ -168,7 +179,7 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         row = [k]
         for m in models.values():
             v = m.get(k)
-            row.append(_number(v))
+            row.append(_number(v) if v is None or isinstance(v, (int, float)) else str(v))
         table.add_row(*row)
     params = metrics.get("params", {})
     if params:
@@ -192,6 +203,14 @@ def run(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")
     ] = None,
+    phase: Annotated[
+        str,
+        typer.Option(
+            "--phase",
+            help="Staged recipes (velora): experts, router, finetune or all. A later phase "
+            "continues a run: --resume DIR --phase router.",
+        ),
+    ] = "all",
     debug: DebugOpt = False,
 ) -> None:
     """Train the orchestra and its baselines on a recipe, evaluate, write the report."""
@@ -226,6 +245,8 @@ def run(
             words = ["run", recipe or "burgers", "--out", str(target)]
             for assignment in set_ or []:
                 words += ["--set", assignment]
+        if phase != "all":
+            words += ["--phase", phase]
         command = "tertulia " + shlex.join(words)
         progress = _progress()
         try:
@@ -235,6 +256,7 @@ def run(
                 resume=resume is not None,
                 command=command,
                 on_event=_ProgressEvents(progress),
+                phase=phase,
             )
         except KeyboardInterrupt:
             if progress.live.is_started:

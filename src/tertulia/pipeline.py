@@ -35,11 +35,12 @@ from .config import (
     SequenceRecipe,
     SeriesRecipe,
     TrainConfig,
+    VeloraRecipe,
     load_resolved,
 )
 from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
-from .errors import DataError, RunDirError
+from .errors import ConfigError, DataError, RunDirError
 from .robustness import evaluate_adversarial, evaluate_ood, ood_datasets
 from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
 
@@ -203,12 +204,27 @@ def run(
     resume: bool = False,
     command: str = "",
     on_event: EventFn = _noop,
+    phase: str = "all",
 ) -> dict[str, Any]:
     """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate.
+
+    ``phase`` (``experts``, ``router``, ``finetune`` or ``all``) applies to staged
+    recipes (``task: velora``) only.
 
     Classical recipes (``task: island`` or ``task: series``) have nothing to
     train or resume: they are fitted in seconds by :mod:`tertulia.classical`.
     """
+    if isinstance(recipe, VeloraRecipe):
+        from .velora import run_velora
+
+        return run_velora(
+            recipe, out, phase=phase, resume=resume, command=command, on_event=on_event
+        )
+    if phase != "all":
+        raise ConfigError(
+            f"--phase {phase} applies to staged recipes (task: velora); "
+            f"recipe {recipe.name!r} has a single phase"
+        )
     if isinstance(recipe, (IslandRecipe, SeriesRecipe)):
         from .classical import run_classical
 
@@ -445,6 +461,10 @@ def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
     A classical run (island, series) is simply fitted again in place.
     """
     recipe = require_run_dir(Path(run_dir))
+    if isinstance(recipe, VeloraRecipe):  # finished phases only re-judge
+        from .velora import run_velora
+
+        return run_velora(recipe, Path(run_dir), resume=True, on_event=on_event)
     if isinstance(recipe, (IslandRecipe, SeriesRecipe)):
         from .classical import run_classical
 

@@ -308,8 +308,9 @@ class Fusion(nn.Module):
         if query is None:
             raise ValueError("attention fusion needs the router features as query")
         q = self.query(query)  # (B, d_key)
-        keys = torch.stack([self.key(_flat(y)) for y in outputs], dim=1)  # (B, E, d_key)
-        scores = torch.einsum("bk,bek->be", q, keys) / math.sqrt(self.d_key)
+        dtype = self.key.weight.dtype  # outputs may mix dtypes (a float64 answer beside logits)
+        keys = torch.stack([self.key(_flat(y).to(dtype)) for y in outputs], dim=1)  # (B, E, d_key)
+        scores = torch.einsum("bk,bek->be", q.to(dtype), keys) / math.sqrt(self.d_key)
         # experts that did not receive an item get α = 0 (exp(min − max) underflows to 0);
         # an item with no accepted expert gets α = 0 everywhere, without NaNs.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)

@@ -982,6 +982,10 @@ def build_report(run_dir: Path) -> Path:
         from .classical import build_classical_report
 
         return build_classical_report(run)
+    if run.metrics.get("task") == "velora":
+        from .velora import build_velora_report
+
+        return build_velora_report(run)
     models = run.models()
     names = _order_models(list(models))
     figures = [
