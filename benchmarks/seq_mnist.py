@@ -212,8 +212,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = [s.strip() for s in a.settings.split(",") if s.strip()]
     bad = [s for s in settings if s not in SETTINGS]
     if bad or not settings:
-        print(f"error: --settings must be a comma list of rows, pixels; got {a.settings!r}",
-              file=sys.stderr)
+        print(
+            f"error: --settings must be a comma list of rows, pixels; got {a.settings!r}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     a.path = a.path.expanduser().resolve()
     problem = _check_path(a.path)
@@ -229,9 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.extend(run_setting(a, setting, Path(tmp)))
     total = time.perf_counter() - started
 
-    config = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "json"
-    }
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "json"}
     config["settings"] = settings
     config["torch_threads"] = torch.get_num_threads()
     res: dict[str, Any] = {

@@ -23,8 +23,25 @@ def _load():
 def test_seq_mnist_smoke(capsys):
     bench = _load()
     res = bench.main(
-        ["--json", "--settings", "rows", "--steps", "3", "--n-train", "200", "--n-test", "100",
-         "--d-model", "8", "--d-state", "8", "--layers", "1", "--path", str(MNIST)]
+        [
+            "--json",
+            "--settings",
+            "rows",
+            "--steps",
+            "3",
+            "--n-train",
+            "200",
+            "--n-test",
+            "100",
+            "--d-model",
+            "8",
+            "--d-state",
+            "8",
+            "--layers",
+            "1",
+            "--path",
+            str(MNIST),
+        ]
     )
     for key in ("rows_legs_acc", "rows_random_acc", "rows_legs_minus_random", "config", "runs"):
         assert key in res
