@@ -18,7 +18,7 @@ Every figure is skipped when its arrays are missing or malformed. Bands are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -38,8 +38,11 @@ def _get(ex: Mapping[str, np.ndarray], key: str, size: int | None = None) -> np.
     return v
 
 
-def _table(rows: Mapping[str, Mapping[str, Any]], title: str) -> str:
-    """Rows = metric, columns = model: one table of numbers."""
+def _table(
+    rows: Mapping[str, Mapping[str, Any]], title: str, fmt: Callable[[Any], str] | None = None
+) -> str:
+    """Rows = metric, columns = model: one table of numbers (``fmt`` formats a cell)."""
+    fmt = fmt or page._format_value
     names = list(rows)
     keys = list(dict.fromkeys(k for m in names for k in rows[m]))
     if not names or not keys:
@@ -47,7 +50,7 @@ def _table(rows: Mapping[str, Mapping[str, Any]], title: str) -> str:
     head = "".join(f"<th>{page._e(m)}</th>" for m in names)
     body = "".join(
         f"<tr><th scope='row'>{page._e(k)}</th>"
-        + "".join(f"<td>{page._e(page._format_value(rows[m].get(k)))}</td>" for m in names)
+        + "".join(f"<td>{page._e(fmt(rows[m].get(k)))}</td>" for m in names)
         + "</tr>"
         for k in keys
     )

@@ -22,6 +22,7 @@ import numpy as np
 from .._io import atomic_write_bytes, atomic_write_text
 from . import html as page
 from . import plots
+from .classical import _table
 
 OPS = ("add", "sub", "mul", "div")
 
@@ -31,21 +32,7 @@ def _pct(v: Any) -> str:
 
 
 def _rows_table(rows: Mapping[str, Mapping[str, Any]], title: str, fmt=_pct) -> str:
-    cols = list(rows)
-    keys = list(dict.fromkeys(k for c in cols for k in rows[c]))
-    if not cols or not keys:
-        return ""
-    head = "".join(f"<th>{page._e(c)}</th>" for c in cols)
-    body = "".join(
-        f"<tr><th scope='row'>{page._e(k)}</th>"
-        + "".join(f"<td>{page._e(fmt(rows[c].get(k)))}</td>" for c in cols)
-        + "</tr>"
-        for k in keys
-    )
-    return (
-        f"<table class='metrics'><caption>{page._e(title)}</caption><thead><tr><th></th>"
-        f"{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
+    return _table(rows, title, fmt)
 
 
 def _contract(row: Mapping[str, Any]) -> str:
