@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from .test_data_sequences import MNIST
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "seq_mnist.py"
-MNIST = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
 
 
 def _load():

@@ -284,7 +284,15 @@ def test_ctrl_c_names_the_resume_command(tmp_path):
         "--set",
         "train.threads=1",
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     pointer = out / "checkpoint" / "orchestra" / "latest.json"
     deadline = time.time() + 120
     while not pointer.exists() and time.time() < deadline:
