@@ -16,8 +16,9 @@ data, then :func:`evaluate_models` judges them on the test split.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from .data.pde import grid_points
 from .errors import ConfigError, DataError, RunDirError
 from .robustness import evaluate_adversarial, evaluate_ood, ood_datasets
 from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
+from .train.stages import LayerGroup
 
 EventFn = Callable[[str, dict[str, Any]], None]
 MODELS = ("orchestra", "mlp", "persistence")
@@ -166,11 +168,18 @@ def fit_in_run(
     out: Path,
     recipe_name: str,
     on_event: EventFn = _noop,
+    validate: Callable[[], float] | None = None,
+    layer_groups: Sequence[LayerGroup] | None = None,
+    keep_best: bool = False,
 ) -> dict[str, Any]:
-    """Train ``task.model`` into the run directory ``out`` (resumable); load its EMA weights.
+    """Train ``task.model`` into the run directory ``out`` (resumable); load its final weights.
 
+    The final weights are the EMA ones, or with ``keep_best`` the best-validating
+    ones (``validate``, lower is better; default ``task.validation_nll``).
+    ``layer_groups`` stages the parameters (:mod:`tertulia.train.stages`).
     Returns the training summary: steps, skipped steps, seconds, the step it
-    resumed from and the trainer's running statistics.
+    resumed from, the trainer's running statistics and, with ``keep_best``, the
+    best step and score.
     """
     trainer = Trainer(
         task,
@@ -179,22 +188,29 @@ def fit_in_run(
         seed=seed,
         checkpoint_dir=out / "checkpoint" / name,
         log_path=out / "train_log.jsonl",
-        validate=task.validation_nll,
+        validate=validate if validate is not None else task.validation_nll,
         on_step=lambda step, total, logs: on_event(
             "step", {"model": name, "step": step, "total": total, "logs": logs}
         ),
         meta={"recipe": recipe_name},
+        layer_groups=layer_groups,
+        keep_best=keep_best,
     )
     on_event("train_start", {"model": name, "total": train.steps})
     summary = trainer.fit()
-    trainer.load_ema_into_model()
-    return {
+    result: dict[str, Any] = {
         "steps": summary.steps,
         "skipped_steps": summary.skipped_steps,
         "seconds": round(summary.seconds, 3),
         "resumed_from": summary.resumed_from,
         **summary.stats,
     }
+    if keep_best:
+        result["best_step"] = trainer.load_best_into_model()
+        result["best_validation"] = trainer.best if math.isfinite(trainer.best) else None
+    else:
+        trainer.load_ema_into_model()
+    return result
 
 
 def run(

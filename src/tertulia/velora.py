@@ -38,7 +38,6 @@ Legend: B batch, E = 2 experts.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -67,7 +66,7 @@ from .errors import RunDirError
 from .nn.arith import rel_loss
 from .nn.text_experts import LanguageExpert, MathExpert
 from .nn.velora import EXPERTS, TYPES, Velora, as_inputs
-from .train import Trainer, has_checkpoint, load_checkpoint
+from .train import has_checkpoint, load_checkpoint
 from .train.stages import LayerGroup, freeze, unfreeze
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -557,32 +556,22 @@ def _fit(
     on_event: EventFn,
     layer_groups: list[LayerGroup] | None = None,
 ) -> dict[str, Any]:
-    trainer = Trainer(
+    from .pipeline import fit_in_run
+
+    summary = fit_in_run(
         task,
         cfg,
         name=name,
         seed=seed,
-        checkpoint_dir=out / "checkpoint" / name,
-        log_path=out / "train_log.jsonl",
+        out=out,
+        recipe_name=recipe.name,
+        on_event=on_event,
         validate=task.validation,
-        on_step=lambda step, total, logs: on_event(
-            "step", {"model": name, "step": step, "total": total, "logs": logs}
-        ),
-        meta={"recipe": recipe.name},
         layer_groups=layer_groups,
         keep_best=True,
     )
-    on_event("train_start", {"model": name, "total": cfg.steps})
-    summary = trainer.fit()
-    best_step = trainer.load_best_into_model()
-    result = {
-        "steps": summary.steps,
-        "seconds": round(summary.seconds, 3),
-        "resumed_from": summary.resumed_from,
-        "skipped_steps": summary.skipped_steps,
-        "best_step": best_step,
-        "best_validation": trainer.best if math.isfinite(trainer.best) else None,
-    }
+    keys = ("steps", "seconds", "resumed_from", "skipped_steps", "best_step", "best_validation")
+    result = {k: summary[k] for k in keys}
     on_event("train_end", {"model": name, **result})
     return result
 
