@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kalman.py
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/seq_mnist.py
+	$(BIN)/python benchmarks/compress.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
