@@ -205,3 +205,49 @@ def test_foreign_or_truncated_files_are_clear_errors(tmp_path):
     save_file({"w": torch.ones(2)}, str(plain))
     with pytest.raises(RunDirError, match="not a tertulia compressed"):
         load_compressed(plain)
+
+
+def test_compress_command_on_a_run_writes_the_contract_and_a_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from tertulia.cli import app
+
+    from .conftest import TINY
+
+    runner = CliRunner()
+    sets = [a for s in TINY for a in ("--set", s)]
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["run", "burgers", "--out", str(run), *sets]).exit_code == 0
+    out = tmp_path / "small"
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            str(run),
+            "--sparsity",
+            "0.8",
+            "--finetune-steps",
+            "6",
+            "--out",
+            str(out),
+            "--dtype",
+            "int8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["dense"]) == {"metric", "bytes", "nonzero"}
+    assert set(m["compressed"]) == {"metric", "bytes", "nonzero", "sparsity"}
+    assert m["compressed"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    # a tiny model: its dense biases and norms weigh as much as the pruned matrices
+    assert m["compressed"]["bytes"] < 0.6 * m["dense"]["bytes"]
+    assert m["compressed"]["nonzero"] < m["dense"]["nonzero"]
+    assert (out / "report.html").is_file() and (out / "hist_orchestra.png").is_file()
+    bad = runner.invoke(
+        app, ["compress", str(run), "--sparsity", "1.5", "--out", str(tmp_path / "x")]
+    )
+    assert bad.exit_code == 2 and "sparsity" in bad.output
+    again = runner.invoke(app, ["compress", str(run), "--out", str(out)])
+    assert again.exit_code == 2 and "not empty" in again.output

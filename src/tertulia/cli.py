@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .errors import RunDirError, UserError
+from .errors import ConfigError, RunDirError, UserError
 
 app = typer.Typer(
     name="tertulia",
@@ -352,3 +352,72 @@ def report(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def compress(
+    run_dir: Annotated[Path, typer.Argument(help="A forecasting run directory to compress.")],
+    sparsity: Annotated[
+        float, typer.Option("--sparsity", help="Fraction of the weights to prune, in (0, 1).")
+    ] = 0.8,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="cubic (gradual), oneshot or threshold.")
+    ] = "cubic",
+    finetune_steps: Annotated[
+        int, typer.Option("--finetune-steps", help="Fine-tuning steps with the masks enforced.")
+    ] = 500,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="τ of --schedule threshold: prune |w| < τ.")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Stored values: fp32, fp16 or int8.")
+    ] = "fp16",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="New run directory (default RUN_DIR-compressed)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Prune a run's models, fine-tune with the masks enforced, store them sparse, judge them."""
+
+    def _compress() -> None:
+        from .compress.job import compress_run
+        from .compress.pruning import SCHEDULES
+
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        target = out or run_dir.with_name(run_dir.name + "-compressed")
+        progress = _progress()
+        try:
+            res = compress_run(
+                run_dir,
+                target,
+                sparsity=sparsity,
+                schedule=schedule,
+                finetune_steps=finetune_steps,
+                threshold=threshold,
+                dtype=dtype,
+                on_event=_ProgressEvents(progress),
+            )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+        table = Table(title=f"compress — {res['recipe']} ({res['main']})")
+        table.add_column("")
+        for col in ("nRMSE 1-step", "coverage_90", "bytes", "non-zeros", "sparsity"):
+            table.add_column(col, justify="right")
+        for name, entry in res["models"].items():
+            for part in ("dense", "compressed"):
+                e = entry[part]
+                table.add_row(
+                    f"{name} {part}",
+                    _number(e["metric"]),
+                    _number(e["metrics"]["coverage_90"]),
+                    str(e["bytes"]),
+                    str(e["nonzero"]),
+                    _number(e.get("sparsity")),
+                )
+        out_console.print(table)
+        out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
+
+    _guard(debug, _compress)

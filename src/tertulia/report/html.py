@@ -982,6 +982,10 @@ def build_report(run_dir: Path) -> Path:
         from .classical import build_classical_report
 
         return build_classical_report(run)
+    if run.metrics.get("task") == "compress":
+        from .compress import build_compress_report
+
+        return build_compress_report(run)
     if run.metrics.get("task") == "velora":
         from .velora import build_velora_report
 

@@ -1,0 +1,111 @@
+"""Report page of ``tertulia compress`` (``task: compress``): before and after pruning.
+
+Inputs (metrics.json): settings, models.{m}.{dense,compressed}.{metric, bytes,
+nonzero, sparsity, metrics}, layers.{m}.{tensor: sparsity}, histograms.{m}.{edges,
+dense, compressed}. Sections are skipped when their data is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_write_bytes, atomic_write_text
+from . import html as page
+from . import plots
+from .classical import _table
+
+KEYS = ("nrmse_1step", "nrmse_rollout", "nll", "crps", "coverage_90", "miscalibration_area")
+
+
+def _models_table(models: Mapping[str, Any]) -> str:
+    cols: dict[str, dict[str, Any]] = {}
+    for name, entry in models.items():
+        for part in ("dense", "compressed"):
+            e = entry.get(part) or {}
+            row = {k: (e.get("metrics") or {}).get(k) for k in KEYS}
+            row.update(bytes=e.get("bytes"), nonzero=e.get("nonzero"), sparsity=e.get("sparsity"))
+            cols[f"{name} ({part})"] = row
+    return _table(cols, "test metrics and sizes before and after") if cols else ""
+
+
+def _layers_table(layers: Mapping[str, Any]) -> str:
+    rows = {
+        f"{m}: {t}": {"sparsity": f"{100 * float(s):.1f} %"}
+        for m, per in layers.items()
+        if isinstance(per, dict)
+        for t, s in per.items()
+    }
+    return _table(rows, "sparsity of every pruned tensor", fmt=str) if rows else ""
+
+
+def _histogram(name: str, h: Mapping[str, Any]) -> page._Figure | None:
+    try:
+        edges = np.asarray(h["edges"], dtype=float)
+        dense = np.asarray(h["dense"], dtype=float)
+        comp = np.asarray(h["compressed"], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if edges.ndim != 1 or dense.shape != (edges.size - 1,) or comp.shape != dense.shape:
+        return None
+    fig = plots._new_figure(6.0, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    centres = (edges[1:] + edges[:-1]) / 2
+    width = edges[1] - edges[0]
+    ax.bar(centres, dense, width, alpha=0.5, label="dense")
+    ax.bar(centres, comp, width, alpha=0.7, label="compressed (non-zeros)")
+    ax.set_yscale("symlog")
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=7)
+    caption = (
+        f"Weights of {name}'s pruned tensors before and after: magnitude pruning removes "
+        "the centre, so the surviving weights form two lobes (the seed's bimodal shape)."
+    )
+    return page._Figure(f"hist_{name}", f"Weights of {name}", caption, plots.figure_png(fig))
+
+
+def build_compress_report(run: page._Run):
+    """Write the histograms and ``report.html`` of a compress run; return the page's path."""
+    m = run.metrics
+    figures = [
+        f
+        for name, h in (m.get("histograms") or {}).items()
+        if isinstance(h, dict)
+        for f in [_histogram(name, h)]
+        if f is not None
+    ]
+    for fig in figures:
+        atomic_write_bytes(run.root / f"{fig.name}.png", fig.png)
+    title = f"tertulia compress: {m.get('recipe', '')}"
+    parts = [f"<h1>{page._e(title)}</h1>"]
+    settings = m.get("settings")
+    if isinstance(settings, dict):
+        parts.append(
+            f"<p class='note'>From <code>{page._e(m.get('source', ''))}</code></p>"
+            + page._key_value_table(settings, css="data")
+        )
+    for key in ("dense", "compressed"):
+        if isinstance(m.get(key), dict):
+            parts.append(f"<h3>{page._e(key)} ({page._e(m.get('main', ''))})</h3>")
+            parts.append(page._key_value_table(m[key], css="data"))
+    models = m.get("models")
+    if isinstance(models, dict):
+        parts.append("<section><h2>Models</h2>" + _models_table(models) + "</section>")
+    layers = m.get("layers")
+    if isinstance(layers, dict):
+        parts.append("<section><h2>Per tensor</h2>" + _layers_table(layers) + "</section>")
+    if figures:
+        parts.append("<section><h2>Figures</h2>")
+        parts.extend(page._figure_html(f) for f in figures)
+        parts.append("</section>")
+    parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
+    html = (
+        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
+        f"<title>{page._e(title)}</title>\n<style>{page._CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n{chr(10).join(parts)}\n</main>\n</body>\n</html>\n"
+    )
+    return atomic_write_text(run.root / page.REPORT_FILE, html)
