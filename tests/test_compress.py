@@ -251,3 +251,23 @@ def test_compress_command_on_a_run_writes_the_contract_and_a_report(tmp_path):
     assert bad.exit_code == 2 and "sparsity" in bad.output
     again = runner.invoke(app, ["compress", str(run), "--out", str(out)])
     assert again.exit_code == 2 and "not empty" in again.output
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_onnx_export_matches_pytorch(tmp_path, compressed):
+    from tertulia.compress.export import check_onnx, export_onnx
+
+    torch.manual_seed(0)
+    orch = Orchestra(grid=16, window=2, graph=make_graph("ring", 2), d=8, d_msg=4, d_key=4, halo=1)
+    if compressed:
+        Masks(magnitude_masks(prunable(orch), 0.8)).apply(orch)
+        save_compressed(tmp_path / "c.safetensors", orch.state_dict(), dtype="fp16")
+        orch.load_state_dict(load_compressed(tmp_path / "c.safetensors"))
+    x = torch.randn(5, 2, 16)
+    wrapped, path = export_onnx(orch, x, tmp_path / "o.onnx")
+    assert check_onnx(path, wrapped, x) < 1e-5
+    # the batch axis is dynamic: another batch size runs through the same file
+    assert check_onnx(path, wrapped, torch.randn(2, 2, 16)) < 1e-5
+    mlp = _mlp()
+    wrapped, path = export_onnx(mlp, torch.randn(3, 8), tmp_path / "m.onnx")
+    assert check_onnx(path, wrapped, torch.randn(7, 8)) < 1e-5

@@ -421,3 +421,61 @@ def compress(
         out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _compress)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (also one made by compress).")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for the files (default RUN_DIR/onnx)."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a run's models to ONNX and check them against PyTorch with onnxruntime."""
+
+    def _export() -> None:
+        import json
+
+        import torch
+
+        from .compress.export import check_onnx, export_onnx
+        from .compress.sparse_io import load_compressed
+        from .pipeline import load_run
+
+        if not onnx:
+            raise ConfigError("choose a format: --onnx")
+        metrics_path = run_dir / "metrics.json"
+        compressed = False
+        if metrics_path.is_file():
+            try:
+                compressed = json.loads(metrics_path.read_text()).get("task") == "compress"
+            except ValueError:
+                compressed = False
+        if compressed:
+            source = json.loads(metrics_path.read_text())["source"]
+            loaded = load_run(source)
+            for name, model in loaded.models.items():
+                path = run_dir / "checkpoint" / f"{name}.safetensors"
+                if path.is_file():
+                    model.load_state_dict(load_compressed(path))
+        else:
+            loaded = load_run(run_dir)
+        target = out or run_dir / "onnx"
+        d = loaded.recipe.data
+        example = torch.randn(4, d.window, d.grid, generator=torch.Generator().manual_seed(0))
+        table = Table(title=f"ONNX export — {loaded.recipe.name}")
+        for col in ("model", "file", "max |onnx − torch|"):
+            table.add_column(col)
+        for name, model in loaded.models.items():
+            if sum(p.numel() for p in model.parameters()) == 0:
+                continue
+            wrapped, path = export_onnx(model, example, target / f"{name}.onnx")
+            diff = check_onnx(path, wrapped, example)
+            table.add_row(name, str(path), f"{diff:.2e}")
+            if diff > 1e-5:
+                raise UserError(f"{name}: ONNX output differs from PyTorch by {diff:.2e} (> 1e-5)")
+        out_console.print(table)
+
+    _guard(debug, _export)

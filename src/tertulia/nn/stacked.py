@@ -49,14 +49,17 @@ class StackedLayerNorm(nn.Module):
 
     def __init__(self, n: int, features: int, *, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self.eps, self.features = eps, features
         self.weight = nn.Parameter(torch.ones(n, features))
         self.bias = nn.Parameter(torch.zeros(n, features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, n, D)
-        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+        # a static normalised shape (not x.shape[-1:]) keeps the module ONNX-exportable
+        return F.layer_norm(x, (self.features,), eps=self.eps) * self.weight + self.bias
 
     def forward_one(self, i: int, x: torch.Tensor) -> torch.Tensor:
         # x: (B, D)
-        return F.layer_norm(x, x.shape[-1:], weight=self.weight[i], bias=self.bias[i], eps=self.eps)
+        return F.layer_norm(
+            x, (self.features,), weight=self.weight[i], bias=self.bias[i], eps=self.eps
+        )
