@@ -7,8 +7,9 @@ orchestras), starting from its evaluated (EMA) weights:
 2. pruning by the chosen schedule — ``cubic`` (gradual, over the first 70 %
    of ``finetune_steps``), ``oneshot`` (all at once, then fine-tuning) or
    ``threshold`` (|w| < τ) — with the masks enforced while the model fine-tunes
-   on the run's own task and data for ``finetune_steps`` steps (no EMA, so
-   pruned weights stay exactly zero);
+   on the run's own task and data for ``finetune_steps`` steps; the result is
+   the fine-tuned EMA weights with the final mask applied (pruned weights are
+   exactly zero);
 3. a sparse checkpoint (:mod:`tertulia.compress.sparse_io`, fp32/fp16/int8)
    written into the new run directory; the compressed metrics are measured on
    the weights *loaded back* from it.
@@ -115,7 +116,6 @@ def compress_run(
                 "steps": max(finetune_steps, 1),
                 "lr": recipe.train.lr * 0.5,
                 "warmup": 0,
-                "ema": 0.0,
                 "checkpoint_every": max(finetune_steps, 1) + 1,
                 "blocks": {"kind": "none"},
             }
@@ -147,7 +147,9 @@ def compress_run(
 
             trainer.on_step = on_step
             trainer.fit()
+            trainer.load_ema_into_model()  # EMA weights, as the dense run evaluates …
         pruner.masks.detach()
+        pruner.masks.apply(model)  # … with the final mask on them (EMA decays, never hits 0)
         model.eval()
         path = out / "checkpoint" / f"{name}.safetensors"
         info = save_compressed(path, model.state_dict(), dtype=dtype)

@@ -49,15 +49,23 @@ SCHEDULES = ("cubic", "oneshot", "threshold")
 
 
 def prunable(model: nn.Module, *, include_bias: bool = False) -> dict[str, nn.Parameter]:
-    """The parameters to prune: every weight with ≥ 2 dimensions (matrices, stacked
-    per-cell weights (n, I, O), conv kernels); norms' and other 1-D parameters (and
-    biases unless ``include_bias``) are left dense. Embedding tables count as weights."""
+    """The parameters to prune: weights with ≥ 2 dimensions (matrices, stacked per-cell
+    weights (n, I, O), conv kernels, embedding tables). Biases — including stacked
+    per-cell ones, (n, O) — and every parameter of a normalisation layer stay dense
+    (``include_bias`` adds the biases)."""
     out = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim >= 2 or (include_bias and name.endswith("bias")):
-            out[name] = p
+    for mod_name, module in model.named_modules():
+        is_norm = "Norm" in type(module).__name__
+        for p_name, p in module.named_parameters(recurse=False):
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            if not p.requires_grad or is_norm:
+                continue
+            if p_name.endswith("bias"):
+                if include_bias:
+                    out[name] = p
+                continue
+            if p.ndim >= 2:
+                out[name] = p
     return out
 
 
