@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .errors import ConfigError, RunDirError, UserError
+from .errors import ConfigError, DataError, RunDirError, UserError
 
 app = typer.Typer(
     name="tertulia",
@@ -165,6 +165,20 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _data_dir_sets(rec: Any, data_dir: Path) -> list[str]:
+    """``--set`` assignments that point a recipe at the directory ``data_dir``."""
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is not a directory")
+    if rec.task == "sequence":
+        return ["data.kind=mnist", f"data.path={data_dir}"]
+    if rec.task == "velora":
+        return [f"data.path={data_dir}"]
+    raise ConfigError(
+        f"--data-dir applies to sequence and velora recipes, not {rec.task} ({rec.name}); "
+        "point a forecasting recipe at a file with --set data.path=FILE"
+    )
+
+
 def _print_metrics(metrics: dict[str, Any]) -> None:
     models = {name: _flatten(row) for name, row in metrics.get("models", {}).items()}
     keys: list[str] = []
@@ -185,6 +199,29 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     if params:
         table.add_row("params", *[str(params.get(n, "—")) for n in models])
     out_console.print(table)
+    for name, entry in (metrics.get("compression") or {}).items():
+        metric = entry.get("metric", "metric")
+        comp = Table(title=f"compression — {name} ({entry.get('dtype', '')} values)")
+        for col in ("pruned", metric, "bytes", "bytes ratio", "non-zeros"):
+            comp.add_column(col, justify="right")
+        dense = entry.get("dense", {})
+        comp.add_row(
+            "dense",
+            _number(dense.get("metric")),
+            str(dense.get("bytes")),
+            "1",
+            str(dense.get("nonzero")),
+        )
+        for row in entry.get("rows", []):
+            label = f"{row['target']:.0%}" if row["target"] else "0% (fine-tuned)"
+            comp.add_row(
+                label,
+                _number(row["metric"]),
+                str(row["bytes"]),
+                _number(row["bytes_ratio"]),
+                str(row["nonzero"]),
+            )
+        out_console.print(comp)
 
 
 @app.command()
@@ -202,6 +239,14 @@ def run(
     ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Read the data from this directory: MNIST IDX files for sequence recipes "
+            "(compress-mnist, seq-digits), the two CSVs for velora.",
+        ),
     ] = None,
     phase: Annotated[
         str,
@@ -221,14 +266,20 @@ def run(
         if resume is not None:
             if out is not None:
                 raise RunDirError("--resume continues a run in place; drop --out")
-            if set_:
-                raise RunDirError("--set cannot change a run on --resume; start a new run instead")
+            if set_ or data_dir is not None:
+                raise RunDirError(
+                    "--set and --data-dir cannot change a run on --resume; start a new run instead"
+                )
             saved = pipeline.require_run_dir(resume)
             if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
                 raise RunDirError(f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}")
             rec, target = saved, resume
         else:
             rec = config.load_recipe(recipe or "burgers", set_ or [])
+            if data_dir is not None:
+                rec = config.load_recipe(
+                    recipe or "burgers", [*(set_ or []), *_data_dir_sets(rec, data_dir)]
+                )
             if out is None:
                 target = pipeline.fresh_run_dir(Path("runs") / rec.name)
             else:
@@ -245,6 +296,8 @@ def run(
             words = ["run", recipe or "burgers", "--out", str(target)]
             for assignment in set_ or []:
                 words += ["--set", assignment]
+            if data_dir is not None:
+                words += ["--data-dir", str(data_dir)]
         if phase != "all":
             words += ["--phase", phase]
         command = "tertulia " + shlex.join(words)
@@ -356,7 +409,10 @@ def main() -> None:
 
 @app.command()
 def compress(
-    run_dir: Annotated[Path, typer.Argument(help="A forecasting run directory to compress.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="A run directory to compress (forecast, sequence or velora)."),
+    ],
     sparsity: Annotated[
         float, typer.Option("--sparsity", help="Fraction of the weights to prune, in (0, 1).")
     ] = 0.8,
@@ -364,14 +420,33 @@ def compress(
         str, typer.Option("--schedule", help="cubic (gradual), oneshot or threshold.")
     ] = "cubic",
     finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", help="Fine-tuning steps with the masks enforced.")
-    ] = 500,
+        int | None,
+        typer.Option(
+            "--finetune-steps",
+            help="Fine-tuning steps with the masks enforced (default: as many as the "
+            "model's own training).",
+        ),
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="τ of --schedule threshold: prune |w| < τ.")
+    ] = None,
+    scope: Annotated[
+        str,
+        typer.Option(
+            "--scope", help="global (one ranking, layers differ) or layer (each to --sparsity)."
+        ),
+    ] = "global",
+    lr: Annotated[
+        float | None,
+        typer.Option("--lr", help="Fine-tuning learning rate (default: the run's own)."),
     ] = None,
     dtype: Annotated[
         str, typer.Option("--dtype", help="Stored values: fp32, fp16 or int8.")
     ] = "fp16",
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Compress only this model of the run (repeatable)."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="New run directory (default RUN_DIR-compressed)."),
@@ -382,10 +457,7 @@ def compress(
 
     def _compress() -> None:
         from .compress.job import compress_run
-        from .compress.pruning import SCHEDULES
 
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         target = out or run_dir.with_name(run_dir.name + "-compressed")
         progress = _progress()
         try:
@@ -397,6 +469,9 @@ def compress(
                 finetune_steps=finetune_steps,
                 threshold=threshold,
                 dtype=dtype,
+                scope=scope,
+                lr=lr,
+                models=models,
                 on_event=_ProgressEvents(progress),
             )
         finally:
@@ -404,15 +479,21 @@ def compress(
                 progress.stop()
         table = Table(title=f"compress — {res['recipe']} ({res['main']})")
         table.add_column("")
-        for col in ("nRMSE 1-step", "coverage_90", "bytes", "non-zeros", "sparsity"):
+        has_cov = any(
+            "coverage_90" in e[p]["metrics"] for e in res["models"].values() for p in ("dense",)
+        )
+        columns = [res["metric"]] + (["coverage_90"] if has_cov else [])
+        for col in (*columns, "bytes", "non-zeros", "sparsity"):
             table.add_column(col, justify="right")
         for name, entry in res["models"].items():
             for part in ("dense", "compressed"):
                 e = entry[part]
+                cells = [_number(e["metric"])]
+                if has_cov:
+                    cells.append(_number(e["metrics"].get("coverage_90")))
                 table.add_row(
                     f"{name} {part}",
-                    _number(e["metric"]),
-                    _number(e["metrics"]["coverage_90"]),
+                    *cells,
                     str(e["bytes"]),
                     str(e["nonzero"]),
                     _number(e.get("sparsity")),

@@ -450,15 +450,20 @@ class SequenceDataConfig(_Section):
 
 
 class SequenceModelConfig(_Section):
-    """A residual stack of S4D, HiPPO-memory or Mamba layers (``tertulia.nn.seqmodel``).
+    """A residual stack of S4D, HiPPO-memory or Mamba layers (``tertulia.nn.seqmodel``),
+    or (``kind: mlp``) an MLP on the flattened sequence (``tertulia.nn.mlp.MLPClassifier``,
+    widths ``hidden``, dropout after every hidden layer but the last).
 
     ``kind: hippo`` uses fixed HiPPO memories (``tertulia.nn.hippo_memory``):
     ``init`` and ``compare_init`` are then ``legs`` (HiPPO-LegS) or ``random``
     (a random A of equal size and spectrum range).
     """
 
-    kind: Literal["s4d", "hippo", "mamba"] = "s4d"
+    kind: Literal["s4d", "hippo", "mamba", "mlp"] = "s4d"
     d_model: int = Field(64, ge=1)
+    hidden: list[int] = Field(
+        default_factory=lambda: [128, 64], description="mlp: hidden widths, e.g. [128, 64]"
+    )
     layers: int = Field(2, ge=1)
     d_state: int = Field(64, ge=2, description="state size N per channel (hippo: memory size N)")
     init: Literal["legs", "lin", "inv", "real", "random"] = Field(
@@ -480,6 +485,8 @@ class SequenceModelConfig(_Section):
     def _check(self) -> SequenceModelConfig:
         if self.dt_min > self.dt_max:
             raise ValueError(f"model.dt_min={self.dt_min} exceeds model.dt_max={self.dt_max}")
+        if self.kind == "mlp" and (not self.hidden or min(self.hidden) < 1):
+            raise ValueError(f"model.hidden={self.hidden} needs one or more widths ≥ 1")
         if self.kind == "hippo":
             allowed = {"init": ("legs", "random"), "compare_init": ("none", "legs", "random")}
             for key, value in (("init", self.init), ("compare_init", self.compare_init)):
@@ -488,6 +495,30 @@ class SequenceModelConfig(_Section):
                         f"model.{key}={value!r} is not a hippo init; expected "
                         f"{' or '.join(allowed[key])}"
                     )
+        return self
+
+
+class CompressConfig(_Section):
+    """After training, prune a copy of each model to each sparsity (``tertulia.compress``).
+
+    Empty ``sparsities`` (the default) compresses nothing; ``0`` in the list is the
+    dense model fine-tuned with the same budget, the fair reference.
+    """
+
+    sparsities: list[float] = Field(
+        default_factory=list, description="fractions pruned, each in [0, 1), e.g. [0.7, 0.9]"
+    )
+    schedule: Literal["cubic", "oneshot"] = "cubic"
+    scope: Literal["global", "layer"] = "global"
+    finetune_steps: int = Field(1000, ge=0, description="fine-tuning steps per sparsity")
+    lr: float | None = Field(None, gt=0, description="fine-tuning learning rate (default train.lr)")
+    dtype: Literal["fp32", "fp16", "int8"] = "fp16"
+
+    @model_validator(mode="after")
+    def _check(self) -> CompressConfig:
+        bad = [s for s in self.sparsities if not 0.0 <= s < 1.0]
+        if bad:
+            raise ValueError(f"compress.sparsities must lie in [0, 1); got {bad}")
         return self
 
 
@@ -501,6 +532,7 @@ class SequenceRecipe(_RecipeBase):
     data: SequenceDataConfig = SequenceDataConfig()
     model: SequenceModelConfig = SequenceModelConfig()
     train: TrainConfig = TrainConfig()
+    compress: CompressConfig = CompressConfig()
 
 
 # --------------------------------------------------------------------------- VELORA

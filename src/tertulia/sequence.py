@@ -21,7 +21,7 @@ from torch import nn
 from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
 from .build import count_parameters
 from .config import SequenceRecipe
-from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_idx
+from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
 from .nn.seqmodel import SequenceModel
 from .pipeline import fit_in_run
 from .train.tasks import ClassifyTask
@@ -57,7 +57,7 @@ def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
         splits = digit_sequences(test_fraction=d.test_fraction, seed=recipe.seed)
     else:
         assert d.path is not None  # the config requires it
-        splits = read_mnist_idx(d.path, as_rows=not d.pixels)
+        splits = read_mnist_dir(d.path, as_rows=not d.pixels)
     train = splits["train"]
     n_val = max(1, int(round(d.val_fraction * len(train))))
     splits["val"] = SequenceSplit(train.x[:n_val], train.y[:n_val], train.classes)
@@ -65,14 +65,21 @@ def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
     return splits
 
 
-def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: str) -> nn.Module:
+def build_sequence_model(
+    recipe: SequenceRecipe, d_in: int, classes: int, init: str, *, steps: int = 1
+) -> nn.Module:
     """The recipe's stack: S4D layers or fixed HiPPO memories (``kind: hippo``, init legs
-    or random) of initialisation ``init``, or Mamba blocks.
+    or random) of initialisation ``init``, or Mamba blocks; or (``kind: mlp``) an MLP on
+    the flattened ``steps × d_in`` inputs.
 
     HiPPO memories have no ``ssm_parameters`` (A and B are fixed buffers), so the
     SSM learning-rate tagging below skips them.
     """
     m = recipe.model
+    if m.kind == "mlp":
+        from .nn.mlp import MLPClassifier
+
+        return MLPClassifier(steps * d_in, classes, tuple(m.hidden), dropout=m.dropout)
     if m.kind == "s4d":
         from .nn.s4d import S4D
 
@@ -107,6 +114,84 @@ def build_sequence_model(recipe: SequenceRecipe, d_in: int, classes: int, init: 
     return model
 
 
+def model_inits(recipe: SequenceRecipe) -> dict[str, str]:
+    """Name → initialisation of each model the recipe trains (the main one, then its twin)."""
+    m = recipe.model
+    if m.kind in ("mamba", "mlp"):
+        return {m.kind: m.init}
+    inits = {f"{m.kind}_{m.init}": m.init}
+    if m.compare_init not in ("none", m.init):
+        inits[f"{m.kind}_{m.compare_init}"] = m.compare_init
+    return inits
+
+
+def compress_own(
+    recipe: SequenceRecipe,
+    name: str,
+    model: nn.Module,
+    splits: dict[str, SequenceSplit],
+    index: int,
+    dense_metrics: dict[str, Any],
+    out: Path,
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Prune a copy of a trained model to each of ``recipe.compress.sparsities``.
+
+    Each copy fine-tunes for ``compress.finetune_steps`` with its masks enforced
+    and is stored as ``checkpoint/compressed/<name>.s<percent>.safetensors``;
+    its row holds the test accuracy of the weights loaded back, the bytes on
+    disk and their ratio to the dense safetensors file.
+    """
+    from .compress.job import compress_model
+    from .compress.targets import sequence_target
+
+    c = recipe.compress
+    target = sequence_target(name, model, splits, recipe, index)
+    rows, dense, histogram = [], None, None
+    for sparsity in c.sparsities:
+        label = f"{name} {sparsity:.0%} pruned"
+        on_event("train_start", {"model": label, "total": max(c.finetune_steps, 1)})
+        res = compress_model(
+            target,
+            out / "checkpoint" / "compressed",
+            sparsity=sparsity,
+            schedule=c.schedule,
+            finetune_steps=c.finetune_steps,
+            dtype=c.dtype,
+            scope=c.scope,
+            lr=c.lr,
+            tag=f".s{round(100 * sparsity):02d}",
+            label=label,
+            dense_metrics=dense_metrics,
+            on_event=on_event,
+        )
+        dense = res["dense"]
+        comp = res["compressed"]
+        rows.append(
+            {
+                "target": sparsity,
+                "sparsity": comp["sparsity"],
+                "metric": comp["metric"],
+                "metrics": comp["metrics"],
+                "bytes": comp["bytes"],
+                "nonzero": comp["nonzero"],
+                "bytes_ratio": comp["bytes"] / dense["bytes"],
+                "seconds": res["seconds"],
+            }
+        )
+        if sparsity == max(c.sparsities):
+            histogram = res["histogram"]
+    assert dense is not None
+    return {
+        "metric": "accuracy",
+        "dtype": c.dtype,
+        "finetune_steps": c.finetune_steps,
+        "dense": {k: dense[k] for k in ("metric", "bytes", "nonzero")},
+        "rows": rows,
+        "histogram": histogram,
+    }
+
+
 def run_sequence(
     recipe: SequenceRecipe,
     out: Path,
@@ -136,10 +221,7 @@ def run_sequence(
         atomic_write_text(out / "config.yaml", recipe.to_yaml())
     if command:
         append_line(out / "command.txt", command)
-    m = recipe.model
-    inits = {m.kind if m.kind == "mamba" else f"{m.kind}_{m.init}": m.init}
-    if m.kind in ("s4d", "hippo") and m.compare_init not in ("none", m.init):
-        inits[f"{m.kind}_{m.compare_init}"] = m.compare_init
+    inits = model_inits(recipe)
     d_in, classes = int(train.x.shape[-1]), train.classes
 
     results: dict[str, Any] = {
@@ -161,7 +243,7 @@ def run_sequence(
     }
     for index, (name, init) in enumerate(inits.items()):
         torch.manual_seed(recipe.seed)  # equal seeds: the twins differ by their init only
-        model = build_sequence_model(recipe, d_in, classes, init)
+        model = build_sequence_model(recipe, d_in, classes, init, steps=int(train.x.shape[1]))
         task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size)
         summary = fit_in_run(
             task,
@@ -179,6 +261,10 @@ def run_sequence(
         on_event("train_end", {"model": name, **results["train"][name]})
         results["params"][name] = count_parameters(model)
         results["models"][name] = task.scores("test")
+        if recipe.compress.sparsities:
+            results.setdefault("compression", {})[name] = compress_own(
+                recipe, name, model, splits, index, results["models"][name], out, on_event
+            )
     on_event("evaluate", {"models": list(inits)})
     atomic_write_json(out / "metrics.json", json_safe(results))
     on_event("report", {})

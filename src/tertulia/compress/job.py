@@ -1,23 +1,30 @@
-"""``tertulia compress RUN_DIR``: prune a finished forecasting run's models and judge them again.
+"""``tertulia compress RUN_DIR``: prune a finished run's models and judge them again.
 
-For every trained model of the run (orchestra, MLP, SSM forecasters, comparison
-orchestras), starting from its evaluated (EMA) weights:
+For every trained model of the run (:mod:`tertulia.compress.targets`: the
+orchestra, MLP, SSM forecasters and comparison orchestras of a forecasting run;
+the S4D / HiPPO / Mamba / MLP classifiers of a sequence run; the whole VELORA
+system), starting from its evaluated weights:
 
 1. the dense test metrics and the dense safetensors size;
-2. pruning by the chosen schedule — ``cubic`` (gradual, over the first 70 %
-   of ``finetune_steps``), ``oneshot`` (all at once, then fine-tuning) or
+2. pruning by the chosen schedule — ``cubic`` (gradual, over the first 40 %
+   of ``finetune_steps``, ``prune_until``), ``oneshot`` (all at once, then fine-tuning) or
    ``threshold`` (|w| < τ) — with the masks enforced while the model fine-tunes
    on the run's own task and data for ``finetune_steps`` steps; the result is
-   the fine-tuned EMA weights with the final mask applied (pruned weights are
-   exactly zero);
+   the fine-tuned weights (EMA where the run uses it) with the final mask applied
+   (pruned weights are exactly zero);
 3. a sparse checkpoint (:mod:`tertulia.compress.sparse_io`, fp32/fp16/int8)
    written into the new run directory; the compressed metrics are measured on
    the weights *loaded back* from it.
 
 ``metrics.json`` of the new directory follows the issue's contract for the
-main model (the orchestra): ``{"dense": {metric, bytes, nonzero}, "compressed":
-{metric, bytes, nonzero, sparsity}}`` with ``metric`` = one-step nRMSE, plus
+main model (the orchestra; else the run's first model): ``{"dense": {metric,
+bytes, nonzero}, "compressed": {metric, bytes, nonzero, sparsity}}`` with
+``metric`` the run's main metric (one-step nRMSE, accuracy, mixed score), plus
 the same per model under ``models`` and the full test metrics of both.
+
+Fine-tuning runs at the run's own learning rate (``lr`` overrides it) with a
+cosine decay and no warm-up; the cubic schedule prunes over the first
+``prune_until`` of the steps so the last ones recover at full sparsity.
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ from safetensors.torch import save_file
 
 from .._io import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from ..errors import ConfigError, RunDirError
-from .pruning import Pruner, prunable, sparsity_report
+from .pruning import SCOPES, Pruner, prunable, sparsity_report
 from .sparse_io import DTYPES, load_compressed, save_compressed
+from .targets import Target, run_targets
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -48,44 +56,222 @@ def _nonzero(model: torch.nn.Module) -> int:
     return int(sum(int((p != 0).sum()) for p in model.parameters()))
 
 
-def compress_run(
-    run_dir: str | Path,
-    out: str | Path,
+def check_settings(
+    *,
+    sparsity: float,
+    schedule: str,
+    threshold: float | None,
+    dtype: str,
+    scope: str,
+    finetune_steps: int,
+    prune_until: float,
+) -> None:
+    """ConfigError (one line) for settings :func:`compress_model` cannot use."""
+    from .pruning import SCHEDULES
+
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if schedule == "threshold" and threshold is None:
+        raise ConfigError("--schedule threshold needs --threshold TAU")
+    if threshold is not None and threshold < 0:
+        raise ConfigError(f"--threshold must be >= 0, got {threshold}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if finetune_steps < 0:
+        raise ConfigError(f"--finetune-steps must be >= 0, got {finetune_steps}")
+    if not 0.0 < prune_until <= 1.0:
+        raise ConfigError(f"prune_until must be in (0, 1], got {prune_until}")
+
+
+def _histogram(dense: torch.nn.Module, comp: torch.nn.Module) -> dict[str, list]:
+    w_dense = torch.cat([p.detach().flatten() for p in prunable(dense).values()]).numpy()
+    w_comp = torch.cat([p.detach().flatten() for p in prunable(comp).values()]).numpy()
+    edge = float(np.abs(w_dense).max()) or 1.0
+    edges = np.linspace(-edge, edge, 81)
+    return {
+        "edges": edges.tolist(),
+        "dense": np.histogram(w_dense, edges)[0].tolist(),
+        "compressed": np.histogram(w_comp[w_comp != 0], edges)[0].tolist(),
+    }
+
+
+def compress_model(
+    target: Target,
+    folder: Path,
     *,
     sparsity: float = 0.8,
     schedule: str = "cubic",
     finetune_steps: int = 500,
     threshold: float | None = None,
     dtype: str = "fp16",
+    scope: str = "global",
+    lr: float | None = None,
+    prune_until: float = 0.4,
+    tag: str = "",
+    label: str | None = None,
+    dense_metrics: dict[str, Any] | None = None,
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
-    """Prune, fine-tune and store every model of the forecasting run ``run_dir`` into ``out``."""
-    from ..config import TrainConfig
-    from ..data import load_dataset
-    from ..pipeline import load_run, make_task
-    from ..report import build_report
+    """Prune and fine-tune a copy of ``target.model``; store it in ``folder``; judge it.
+
+    Writes ``folder/<name>.dense.safetensors`` (the dense weights) and
+    ``folder/<name><tag>.safetensors`` (the sparse checkpoint); the compressed
+    metrics are measured on the weights loaded back from the latter; progress
+    events name the model ``label`` (default its name). Returns
+    ``{"dense", "compressed", "seconds", "layers", "histogram"}``.
+    """
     from ..train import Trainer
 
-    if not 0.0 < sparsity < 1.0:
-        raise ConfigError(f"--sparsity must be in (0, 1), got {sparsity}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if schedule == "threshold" and threshold is None:
-        raise ConfigError("--schedule threshold needs --threshold TAU")
-    if finetune_steps < 0:
-        raise ConfigError(f"--finetune-steps must be >= 0, got {finetune_steps}")
-    loaded = load_run(run_dir)  # RunDirError for runs without trained forecasters
-    recipe = loaded.recipe
+    check_settings(
+        sparsity=sparsity,
+        schedule=schedule,
+        threshold=threshold,
+        dtype=dtype,
+        scope=scope,
+        finetune_steps=finetune_steps,
+        prune_until=prune_until,
+    )
+    name, dense = target.name, target.model
+    t0 = time.perf_counter()
+    dense.eval()
+    if dense_metrics is None:
+        dense_metrics = target.judge(dense)
+    folder.mkdir(parents=True, exist_ok=True)
+    dense_path = folder / f"{name}.dense.safetensors"
+    sd = {k: v.detach().contiguous() for k, v in dense.state_dict().items()}
+    atomic_write(dense_path, lambda tmp: save_file(sd, tmp))
+
+    model = copy.deepcopy(dense)
+    steps = max(finetune_steps, 1)
+    train_cfg = {
+        **target.train.model_dump(),
+        "steps": steps,
+        "lr": lr if lr is not None else target.train.lr,
+        "warmup": 0,
+        "checkpoint_every": steps + 1,
+    }
+    if "blocks" in train_cfg:
+        train_cfg["blocks"] = {"kind": "none"}
+    cfg = type(target.train)(**train_cfg)
+    trainer = Trainer(target.make_task(model), cfg, name=name, seed=target.seed + 7)
+    end = max(int(prune_until * finetune_steps), 1)
+    pruner = Pruner(
+        model,
+        final=sparsity,
+        schedule=schedule,
+        start=0,
+        end=end,
+        every=max(end // 20, 1),
+        threshold=threshold,
+        scope=scope,
+    )
+    pruner.attach(trainer.optimizer)
+    pruner.step(0)  # cubic: its first (zero) point; one-shot / threshold: all of it, now
+    if schedule != "cubic":
+        pruner.every = steps + 1
+    if finetune_steps > 0:
+
+        def on_step(step: int, total: int, logs: dict) -> None:
+            pruner.step(step)
+            on_event("step", {"model": label or name, "step": step, "total": total, "logs": logs})
+
+        trainer.on_step = on_step
+        trainer.fit()
+        if cfg.ema > 0:
+            trainer.load_ema_into_model()  # EMA weights, as the dense run evaluates …
+    if schedule == "cubic" and pruner.current < sparsity:
+        pruner.step(end)  # no steps (or too few) to reach the target gradually
+    pruner.masks.detach()
+    pruner.masks.apply(model)  # … with the final mask on them (EMA decays, never hits 0)
+    model.eval()
+    path = folder / f"{name}{tag}.safetensors"
+    info = save_compressed(path, model.state_dict(), dtype=dtype)
+    back = copy.deepcopy(dense)
+    back.load_state_dict(load_compressed(path))
+    back.eval()
+    comp_metrics = target.judge(back)
+    report = sparsity_report(back)
+    return {
+        "dense": {
+            "metric": dense_metrics[target.metric],
+            "bytes": dense_path.stat().st_size,
+            "nonzero": _nonzero(dense),
+            "metrics": dense_metrics,
+        },
+        "compressed": {
+            "metric": comp_metrics[target.metric],
+            "bytes": info["bytes"],
+            "nonzero": _nonzero(back),
+            "sparsity": report["sparsity"],
+            "metrics": comp_metrics,
+        },
+        "metric": target.metric,
+        "higher_is_better": target.higher_is_better,
+        "seconds": time.perf_counter() - t0,
+        "layers": report["per_tensor"],
+        "histogram": _histogram(dense, back),
+    }
+
+
+def compress_run(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    sparsity: float = 0.8,
+    schedule: str = "cubic",
+    finetune_steps: int | None = None,
+    threshold: float | None = None,
+    dtype: str = "fp16",
+    scope: str = "global",
+    lr: float | None = None,
+    prune_until: float = 0.4,
+    models: list[str] | None = None,
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Prune, fine-tune and store every model of the run ``run_dir`` into ``out``.
+
+    ``models`` limits the work to those model names (default: all of the run's);
+    ``finetune_steps`` defaults to each model's own number of training steps.
+    """
+    from ..report import build_report
+
+    check_settings(
+        sparsity=sparsity,
+        schedule=schedule,
+        threshold=threshold,
+        dtype=dtype,
+        scope=scope,
+        finetune_steps=finetune_steps or 0,
+        prune_until=prune_until,
+    )
+    if sparsity == 0.0:
+        raise ConfigError("--sparsity must be in (0, 1), got 0.0")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RunDirError(f"{out} is not empty; choose another --out")
-    splits = load_dataset(recipe.data)
+    recipe, targets = run_targets(Path(run_dir))  # RunDirError for runs without networks
+    known = [t.name for t in targets]
+    if models is not None:
+        unknown = sorted(set(models) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"--models: {', '.join(unknown)} not in this run; its models are: "
+                f"{', '.join(known)}"
+            )
+        targets = [t for t in targets if t.name in models]
+    targets = [t for t in targets if prunable(t.model)]
+    if not targets:
+        raise RunDirError(f"{run_dir} has no model with weights to prune")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "checkpoint").mkdir(exist_ok=True)
     atomic_write_text(out / "config.yaml", recipe.to_yaml())
     results: dict[str, Any] = {
         "task": "compress",
         "recipe": recipe.name,
+        "source_task": recipe.task,
         "source": str(Path(run_dir)),
         "settings": {
             "sparsity": sparsity,
@@ -93,101 +279,38 @@ def compress_run(
             "finetune_steps": finetune_steps,
             "threshold": threshold,
             "dtype": dtype,
+            "scope": scope,
+            "lr": lr,
+            "prune_until": prune_until,
         },
         "models": {},
         "layers": {},
         "histograms": {},
     }
-    for name, dense in loaded.models.items():
-        if not prunable(dense):
-            continue
-        on_event("train_start", {"model": name, "total": max(finetune_steps, 1)})
-        t0 = time.perf_counter()
-        dense_task = make_task(recipe, dense, splits)
-        dense_metrics = dense_task.evaluate("test", recipe.eval)["metrics"]
-        dense_path = out / "checkpoint" / f"{name}.dense.safetensors"
-        sd = {k: v.detach().contiguous() for k, v in dense.state_dict().items()}
-        atomic_write(dense_path, lambda tmp, sd=sd: save_file(sd, tmp))
-
-        model = copy.deepcopy(dense)
-        cfg = TrainConfig(
-            **{
-                **recipe.train.model_dump(),
-                "steps": max(finetune_steps, 1),
-                "lr": recipe.train.lr * 0.5,
-                "warmup": 0,
-                "checkpoint_every": max(finetune_steps, 1) + 1,
-                "blocks": {"kind": "none"},
-            }
-        )
-        task = make_task(recipe, model, splits)
-        trainer = Trainer(task, cfg, name=name, seed=recipe.seed + 7)
-        end = max(int(0.7 * finetune_steps), 1)
-        pruner = Pruner(
-            model,
-            final=sparsity,
+    for target in targets:
+        steps = target.train.steps if finetune_steps is None else finetune_steps
+        on_event("train_start", {"model": target.name, "total": max(steps, 1)})
+        res = compress_model(
+            target,
+            out / "checkpoint",
+            sparsity=sparsity,
             schedule=schedule,
-            start=0,
-            end=end,
-            every=max(end // 20, 1),
+            finetune_steps=steps,
             threshold=threshold,
+            dtype=dtype,
+            scope=scope,
+            lr=lr,
+            prune_until=prune_until,
+            on_event=on_event,
         )
-        pruner.attach(trainer.optimizer)
-        if schedule != "cubic" or finetune_steps == 0:
-            pruner.step(0)  # one-shot / threshold: prune before fine-tuning
-            pruner.every = max(finetune_steps, 1) + 1
-        if finetune_steps > 0:
-            pruner.step(0)
-
-            def on_step(
-                step: int, total: int, logs: dict, name: str = name, pruner: Pruner = pruner
-            ) -> None:
-                pruner.step(step)
-                on_event("step", {"model": name, "step": step, "total": total, "logs": logs})
-
-            trainer.on_step = on_step
-            trainer.fit()
-            trainer.load_ema_into_model()  # EMA weights, as the dense run evaluates …
-        pruner.masks.detach()
-        pruner.masks.apply(model)  # … with the final mask on them (EMA decays, never hits 0)
-        model.eval()
-        path = out / "checkpoint" / f"{name}.safetensors"
-        info = save_compressed(path, model.state_dict(), dtype=dtype)
-        back = copy.deepcopy(dense)
-        back.load_state_dict(load_compressed(path))
-        back.eval()
-        comp_metrics = make_task(recipe, back, splits).evaluate("test", recipe.eval)["metrics"]
-        report = sparsity_report(back)
-        results["models"][name] = {
-            "dense": {
-                "metric": dense_metrics["nrmse_1step"],
-                "bytes": dense_path.stat().st_size,
-                "nonzero": _nonzero(dense),
-                "metrics": dense_metrics,
-            },
-            "compressed": {
-                "metric": comp_metrics["nrmse_1step"],
-                "bytes": info["bytes"],
-                "nonzero": _nonzero(back),
-                "sparsity": report["sparsity"],
-                "metrics": comp_metrics,
-            },
-            "seconds": time.perf_counter() - t0,
-        }
-        results["layers"][name] = report["per_tensor"]
-        w_dense = torch.cat([p.detach().flatten() for p in prunable(dense).values()]).numpy()
-        w_comp = torch.cat([p.detach().flatten() for p in prunable(back).values()]).numpy()
-        edges = np.linspace(-np.abs(w_dense).max(), np.abs(w_dense).max(), 81)
-        results["histograms"][name] = {
-            "edges": edges.tolist(),
-            "dense": np.histogram(w_dense, edges)[0].tolist(),
-            "compressed": np.histogram(w_comp[w_comp != 0], edges)[0].tolist(),
-        }
-        on_event("compress_end", {"model": name})
-    if not results["models"]:
-        raise RunDirError(f"{run_dir} has no model with weights to prune")
+        results["layers"][target.name] = res.pop("layers")
+        results["histograms"][target.name] = res.pop("histogram")
+        res["finetune_steps"] = steps
+        results["models"][target.name] = res
+        on_event("compress_end", {"model": target.name})
     main = "orchestra" if "orchestra" in results["models"] else next(iter(results["models"]))
     results["main"] = main
+    results["metric"] = results["models"][main]["metric"]
     for part in ("dense", "compressed"):
         results[part] = {k: v for k, v in results["models"][main][part].items() if k != "metrics"}
     atomic_write_json(out / "metrics.json", json_safe(results))

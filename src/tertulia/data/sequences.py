@@ -155,3 +155,21 @@ def read_mnist_idx(
         "train": SequenceSplit(torch.as_tensor(x[:train]), torch.as_tensor(y[:train]), 10),
         "test": SequenceSplit(torch.as_tensor(x[train:]), torch.as_tensor(y[train:]), 10),
     }
+
+
+def read_mnist_dir(directory: str | Path, *, as_rows: bool = True) -> dict[str, SequenceSplit]:
+    """train / test splits of a directory of MNIST IDX files.
+
+    With ``train-images-idx3-ubyte[.gz]`` present, the official 60,000 / 10,000
+    split; with only the ``t10k`` files (as in ``../shared/data/mnist``), the
+    first 8,000 test images train and the last 2,000 test.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"MNIST directory {d} does not exist")
+    has_train = any((d / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz"))
+    if not has_train:
+        return read_mnist_idx(d, as_rows=as_rows)
+    train = read_mnist_idx(d, prefix="train", as_rows=as_rows, train=None)["all"]
+    test = read_mnist_idx(d, prefix="t10k", as_rows=as_rows, train=None)["all"]
+    return {"train": train, "test": test}

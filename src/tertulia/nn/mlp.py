@@ -90,3 +90,33 @@ class Persistence(nn.Module):
         # x: (B, w, G) -> (B, G)
         mean = x[:, -1]
         return Prediction(mean=mean, log_var=(2 * torch.log(self.sigma)).expand_as(mean))
+
+
+class MLPClassifier(nn.Module):
+    """``inputs → hidden[0] → … → classes`` with ReLU, the seed-002 classifier.
+
+    Dropout follows every hidden layer but the last, so ``hidden=(128, 64)``
+    with ``dropout=0.3`` on 784 inputs is the seed's 784-128-Dropout(0.3)-64-10
+    (109,386 parameters). Inputs of any shape (B, …) are flattened to (B, inputs).
+    """
+
+    def __init__(
+        self, inputs: int, classes: int, hidden: tuple[int, ...] = (128, 64), dropout: float = 0.0
+    ):
+        super().__init__()
+        if not hidden:
+            raise ValueError("MLPClassifier needs at least one hidden layer")
+        layers: list[nn.Module] = []
+        width = inputs
+        for i, h in enumerate(hidden):
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0 and i < len(hidden) - 1:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, classes))
+        self.net = nn.Sequential(*layers)
+        self.inputs = inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, classes) of inputs (B, …) holding ``inputs`` values each."""
+        return self.net(x.reshape(x.shape[0], -1))

@@ -1,8 +1,11 @@
-"""Report page of ``tertulia compress`` (``task: compress``): before and after pruning.
+"""Report page of ``tertulia compress`` (``task: compress``): before and after pruning;
+and the compression section of runs whose recipe compresses its own models
+(``compress.sparsities``, e.g. ``compress-mnist``).
 
 Inputs (metrics.json): settings, models.{m}.{dense,compressed}.{metric, bytes,
 nonzero, sparsity, metrics}, layers.{m}.{tensor: sparsity}, histograms.{m}.{edges,
-dense, compressed}. Sections are skipped when their data is missing.
+dense, compressed}; for a run's own section, compression.{m}.{metric, dense, rows,
+histogram}. Sections are skipped when their data is missing.
 """
 
 from __future__ import annotations
@@ -20,15 +23,38 @@ from .classical import _table
 KEYS = ("nrmse_1step", "nrmse_rollout", "nll", "crps", "coverage_90", "miscalibration_area")
 
 
+def _metric_keys(models: Mapping[str, Any]) -> list[str]:
+    """The forecasting keys when present, else every scalar test metric (at most 8)."""
+    found: list[str] = []
+    for entry in models.values():
+        metrics = (
+            ((entry.get("dense") or {}).get("metrics") or {}) if isinstance(entry, dict) else {}
+        )
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in found:
+                found.append(k)
+    if "nrmse_1step" in found:
+        return [k for k in KEYS if k in found]
+    return found[:8]
+
+
+def _cell(value: Any) -> str:
+    """Integers (bytes, counts) in full; other values as the report formats them."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return page._format_value(value)
+
+
 def _models_table(models: Mapping[str, Any]) -> str:
     cols: dict[str, dict[str, Any]] = {}
+    keys = _metric_keys(models)
     for name, entry in models.items():
         for part in ("dense", "compressed"):
             e = entry.get(part) or {}
-            row = {k: (e.get("metrics") or {}).get(k) for k in KEYS}
+            row = {k: (e.get("metrics") or {}).get(k) for k in keys}
             row.update(bytes=e.get("bytes"), nonzero=e.get("nonzero"), sparsity=e.get("sparsity"))
             cols[f"{name} ({part})"] = row
-    return _table(cols, "test metrics and sizes before and after") if cols else ""
+    return _table(cols, "test metrics and sizes before and after", fmt=_cell) if cols else ""
 
 
 def _layers_table(layers: Mapping[str, Any]) -> str:
@@ -65,6 +91,53 @@ def _histogram(name: str, h: Mapping[str, Any]) -> page._Figure | None:
         "the centre, so the surviving weights form two lobes (the seed's bimodal shape)."
     )
     return page._Figure(f"hist_{name}", f"Weights of {name}", caption, plots.figure_png(fig))
+
+
+def compression_section(root: Any, section: Mapping[str, Any]) -> str:
+    """HTML of a run's own compression results (``metrics.json`` → ``compression``);
+    writes the weight histograms into ``root``."""
+    parts = ["<section><h2>Compression</h2>"]
+    for name, entry in section.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("rows"), list):
+            continue
+        metric = str(entry.get("metric", "metric"))
+        dense = entry.get("dense") or {}
+        table: dict[str, dict[str, Any]] = {
+            "dense": {
+                metric: dense.get("metric"),
+                "bytes": dense.get("bytes"),
+                "nonzero": dense.get("nonzero"),
+                "bytes ratio": 1.0,
+            }
+        }
+        for row in entry["rows"]:
+            if not isinstance(row, dict):
+                continue
+            label = f"{100 * float(row.get('target', 0)):.0f} % pruned"
+            if float(row.get("target", 0)) == 0:
+                label = "dense, same fine-tuning"
+            table[label] = {
+                metric: row.get("metric"),
+                "bytes": row.get("bytes"),
+                "nonzero": row.get("nonzero"),
+                "bytes ratio": row.get("bytes_ratio"),
+            }
+        parts.append(
+            _table(
+                table, f"{name}: test {metric}, checkpoint bytes ({entry.get('dtype', '')})", _cell
+            )
+        )
+        fig = _histogram(name, entry.get("histogram") or {})
+        if fig is not None:
+            atomic_write_bytes(root / f"{fig.name}.png", fig.png)
+            parts.append(page._figure_html(fig))
+    parts.append(
+        "<p class='note'>Each row prunes a copy of the trained model along the cubic schedule "
+        "while it fine-tunes (masks enforced), stores it as a sparse checkpoint and judges "
+        "the weights loaded back from it; the dense row of equal fine-tuning isolates the "
+        "effect of the extra steps.</p></section>"
+    )
+    return "".join(parts)
 
 
 def build_compress_report(run: page._Run):

@@ -961,6 +961,12 @@ def _page(
         parts.extend(_figure_html(f) for f in robustness)
         parts.append("</section>")
 
+    compression = run.metrics.get("compression")
+    if isinstance(compression, dict) and compression:
+        from .compress import compression_section
+
+        parts.append(compression_section(run.root, compression))
+
     parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
     body = "\n".join(parts)
     return (
