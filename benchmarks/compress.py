@@ -44,21 +44,15 @@ from torch.nn.utils import prune as torch_prune
 from tertulia.compress import Pruner, load_compressed, save_compressed
 from tertulia.data.sequences import read_mnist_idx
 from tertulia.errors import DataError
+from tertulia.nn.mlp import MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
 
 
-def seed_mlp() -> nn.Sequential:
-    """The seed's MLP: 784-128-Dropout(0.3)-64-10."""
-    return nn.Sequential(
-        nn.Linear(784, 128),
-        nn.ReLU(),
-        nn.Dropout(0.3),
-        nn.Linear(128, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
+def seed_mlp() -> MLPClassifier:
+    """The seed's MLP: 784-128-Dropout(0.3)-64-10 (the recipe compress-mnist's model)."""
+    return MLPClassifier(784, 10, (128, 64), dropout=0.3)
 
 
 def _train(model, x, y, steps, *, lr, gen, pruner=None) -> torch.optim.Optimizer:
@@ -84,7 +78,7 @@ def _accuracy(model, x, y) -> float:
 
 
 def _weights(model) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for m in model if isinstance(m, nn.Linear)]
+    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 def _bytes(model, directory: Path, x, y) -> dict[str, Any]:
