@@ -21,7 +21,11 @@ Sizes: the dense state_dict as fp32 safetensors vs
 fp32 / fp16 / int8 with a per-tensor scale), bytes on disk; accuracy is
 re-measured on the weights loaded back from each compressed file.
 
-Usage: ``python benchmarks/compress.py [--json] [--threads 2] [--data-dir DIR]``.
+Every accuracy is the mean over ``--seeds`` repetitions (default 3: dense
+initialisation and batch order change); ``<key>_per_seed`` lists them. Sizes are
+the first seed's.
+
+Usage: ``python benchmarks/compress.py [--json] [--threads 2] [--seeds 3] [--data-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ from tertulia.nn.mlp import MLPClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = (ROOT / ".." / "shared" / "data" / "mnist").resolve()
+
+
+ROW_KEYS = ("acc_70", "acc_90", "torch_prune_acc_90")
 
 
 def seed_mlp() -> MLPClassifier:
@@ -95,29 +102,19 @@ def _bytes(model, directory: Path, x, y) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--dense-steps", type=int, default=3000)
-    p.add_argument("--finetune-steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        splits = read_mnist_idx(args.data_dir, as_rows=False, train=8000)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    xtr, ytr = splits["train"].x.reshape(8000, 784), splits["train"].y
-    xte, yte = splits["test"].x.reshape(-1, 784), splits["test"].y
-
-    torch.manual_seed(args.seed)
+def _one(seed: int, args: argparse.Namespace, xtr, ytr, xte, yte) -> tuple[dict[str, Any], list]:
+    """Dense training, our cubic pruning at 70 / 90 % and torch's one-shot L1, one seed."""
+    torch.manual_seed(seed)
     dense = seed_mlp()
     t0 = time.perf_counter()
-    _train(dense, xtr, ytr, args.dense_steps, lr=args.lr, gen=torch.Generator().manual_seed(1))
+    _train(
+        dense,
+        xtr,
+        ytr,
+        args.dense_steps,
+        lr=args.lr,
+        gen=torch.Generator().manual_seed(1 + 10 * seed),
+    )
     res: dict[str, Any] = {
         "params": sum(q.numel() for q in dense.parameters()),
         "dense_acc": _accuracy(dense, xte, yte),
@@ -127,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the fair dense reference gets the same extra steps the pruned models fine-tune with
     res["dense_acc_before_finetune"] = res.pop("dense_acc")
     tuned = copy.deepcopy(dense)
-    _train(tuned, xtr, ytr, ft, lr=args.lr / 2, gen=torch.Generator().manual_seed(2))
+    _train(tuned, xtr, ytr, ft, lr=args.lr / 2, gen=torch.Generator().manual_seed(2 + 10 * seed))
     res["dense_acc"] = _accuracy(tuned, xte, yte)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ytr,
                 ft,
                 lr=args.lr / 2,
-                gen=torch.Generator().manual_seed(2),
+                gen=torch.Generator().manual_seed(2 + 10 * seed),
                 pruner=pruner,
             )
             acc = _accuracy(model, xte, yte)
@@ -167,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _weights(model), pruning_method=torch_prune.L1Unstructured, amount=0.9
         )
         t0 = time.perf_counter()
-        _train(model, xtr, ytr, ft, lr=args.lr / 2, gen=torch.Generator().manual_seed(2))
+        _train(
+            model, xtr, ytr, ft, lr=args.lr / 2, gen=torch.Generator().manual_seed(2 + 10 * seed)
+        )
         res["torch_prune_acc_90"] = _accuracy(model, xte, yte)
         for module, name in _weights(model):
             torch_prune.remove(module, name)
@@ -175,6 +174,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(
             ("torch one-shot L1", "90", res["torch_prune_acc_90"], time.perf_counter() - t0, sizes)
         )
+    return res, rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--dense-steps", type=int, default=3000)
+    p.add_argument("--finetune-steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="repeat with seeds seed … seed+N−1")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        splits = read_mnist_idx(args.data_dir, as_rows=False, train=8000)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    xtr, ytr = splits["train"].x.reshape(8000, 784), splits["train"].y
+    xte, yte = splits["test"].x.reshape(-1, 784), splits["test"].y
+
+    per_seed = [_one(args.seed + k, args, xtr, ytr, xte, yte) for k in range(args.seeds)]
+    res, rows = per_seed[0]  # sizes and the table's bytes: the first seed
+    for key in [k for k, v in res.items() if k.startswith(("acc_", "dense_acc", "torch_"))]:
+        values = [r[key] for r, _ in per_seed]
+        res[key] = sum(values) / len(values)
+        if key in ("dense_acc", "acc_70", "acc_90", "torch_prune_acc_90"):
+            res[f"{key}_per_seed"] = values
+    rows = [(n, t, res[k], sec, sz) for (n, t, _, sec, sz), k in zip(rows, ROW_KEYS, strict=True)]
     res["acc_drop_70"] = res["dense_acc"] - res["acc_70"]
     res["acc_drop_90"] = res["dense_acc"] - res["acc_90"]
     res["ours_minus_torch_90"] = res["acc_90"] - res["torch_prune_acc_90"]
@@ -184,7 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return res
     print(
         f"MNIST (t10k: first 8000 train, last 2000 test), MLP 784-128-64-10, "
-        f"{res['params']} parameters; dense {args.dense_steps} steps, fine-tuning {ft} steps"
+        f"{res['params']} parameters; dense {args.dense_steps} steps, fine-tuning "
+        f"{args.finetune_steps} steps; accuracies: mean of {args.seeds} seeds"
     )
     print(
         f"dense accuracy {res['dense_acc']:.4f} (after the same fine-tuning budget; "

@@ -16,7 +16,17 @@ def test_compress_benchmark_smoke(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     res = bench.main(
-        ["--json", "--dense-steps", "5", "--finetune-steps", "30", "--data-dir", str(MNIST)]
+        [
+            "--json",
+            "--dense-steps",
+            "5",
+            "--finetune-steps",
+            "30",
+            "--seeds",
+            "2",
+            "--data-dir",
+            str(MNIST),
+        ]
     )
     for key in (
         "dense_acc",
@@ -30,3 +40,4 @@ def test_compress_benchmark_smoke(capsys):
     assert abs(res["sparsity_90"] - 0.9) < 1e-3 and abs(res["sparsity_70"] - 0.7) < 1e-3
     assert res["bytes_ratio_90_int8"] < res["bytes_ratio_90_fp16"] < res["bytes_ratio_90_fp32"]
     assert '"acc_90"' in capsys.readouterr().out
+    assert len(res["acc_90_per_seed"]) == 2
