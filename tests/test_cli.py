@@ -211,7 +211,7 @@ def test_existing_run_is_never_overwritten(tiny_run):
 
 def test_resume_refuses_changes(tiny_run):
     result = invoke("run", "burgers", "--resume", tiny_run, "--set", "model.d=4")
-    assert result.exit_code == 2 and "--set cannot change" in result.output
+    assert result.exit_code == 2 and "cannot change a run on --resume" in result.output
     result = invoke("run", "heat", "--resume", tiny_run)
     assert result.exit_code == 2 and "recipe 'burgers'" in result.output
 
