@@ -180,7 +180,10 @@ def _data_dir_sets(rec: Any, data_dir: Path) -> list[str]:
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
-    models = {name: _flatten(row) for name, row in metrics.get("models", {}).items()}
+    models = {
+        name: {k: v for k, v in _flatten(row).items() if not isinstance(v, list)}
+        for name, row in metrics.get("models", {}).items()
+    }
     keys: list[str] = []
     for m in models.values():
         keys += [k for k in m if k not in keys]

@@ -31,6 +31,7 @@ from . import build
 from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
 from .config import (
     AnyRecipe,
+    ContinualRecipe,
     IslandRecipe,
     Recipe,
     SequenceRecipe,
@@ -249,6 +250,10 @@ def run(
         from .sequence import run_sequence
 
         return run_sequence(recipe, out, resume=resume, command=command, on_event=on_event)
+    if isinstance(recipe, ContinualRecipe):
+        from .continual import run_continual
+
+        return run_continual(recipe, out, resume=resume, command=command, on_event=on_event)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.
@@ -445,6 +450,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise RunDirError(
             f"{run_dir} is a sequence run: load its models with "
             "tertulia.sequence.build_sequence_model and its checkpoint/ folders"
+        )
+    if isinstance(recipe, ContinualRecipe):
+        raise RunDirError(
+            f"{run_dir} is a continual run: it keeps no checkpoints (its results are in "
+            f"metrics.json); rerun it with 'tertulia run {recipe.name}'"
         )
     if not isinstance(recipe, Recipe):
         raise RunDirError(

@@ -996,6 +996,10 @@ def build_report(run_dir: Path) -> Path:
         from .velora import build_velora_report
 
         return build_velora_report(run)
+    if run.metrics.get("task") == "continual":
+        from .continual import build_continual_report
+
+        return build_continual_report(run)
     models = run.models()
     names = _order_models(list(models))
     figures = [

@@ -1,0 +1,216 @@
+"""The ``continual`` job: a stream of PDE regimes, and how much each model forgets.
+
+``tertulia run continual`` (``task: continual``): the regimes are Burgers (or
+heat / advection) trajectories with the viscosity ν changed at every phase
+(``nus``). Each model sees the regimes one after another, ``train.steps``
+Adam steps each, never returning to an earlier one; every ``eval_every`` steps
+it is judged on the test split of *every* regime. Models, at equal parameters
+and steps (:class:`tertulia.nn.memory.ContinuumMLP`):
+
+* ``mlp`` — every parameter updated every step at ``train.lr``;
+* ``cms`` — the same network under the continuum-memory rule
+  (:class:`tertulia.optim.MultiFrequency`): level ℓ updated every C^(ℓ) steps
+  with the mean gradient of its chunk, the input/output maps every
+  ``model.io_period`` steps;
+* ``mlp_slow`` (``slow_control``) — the plain MLP at ``train.lr / io_period``:
+  the control that asks whether CMS is more than a smaller step.
+
+With R[i, j] the test nRMSE on regime j after training on regime i (P regimes):
+
+    forgetting = mean_{j < P} ( R[P−1, j] − R[j, j] )      final = mean_j R[P−1, j]
+
+A forecaster maps the window of noisy frames to the next frame as
+``x_t + Δ(window)`` trained by squared error on the noisy target; nRMSE is
+measured against the clean field. ``metrics.json``: ``{"models": {name:
+{"forgetting", "final", "R", …}}, "curves": …}``.
+
+Legend: P regimes, R the regime-by-regime error matrix, C^(ℓ) a level's period.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
+from .build import count_parameters
+from .config import ContinualRecipe
+from .nn.memory import ContinuumMLP
+from .train.tasks import Split
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def load_regimes(recipe: ContinualRecipe) -> list[dict[str, Split]]:
+    """train / test :class:`Split` of every regime (one ν each, its own data seed)."""
+    from .data import load_dataset
+
+    regimes = []
+    for index, nu in enumerate(recipe.nus):
+        cfg = recipe.data.model_copy(update={"nu": nu, "seed": recipe.data.seed + index})
+        splits = load_dataset(cfg)
+        regimes.append({k: Split(splits[k], cfg.window) for k in ("train", "test")})
+    return regimes
+
+
+@torch.no_grad()
+def nrmse(model: torch.nn.Module, split: Split) -> float:
+    """One-step nRMSE of ``model`` on a whole split, against the clean field."""
+    model.eval()
+    batch = split.batch(torch.arange(len(split)))
+    pred = batch.x[:, -1] + model(batch.x)
+    model.train()
+    return float((pred - batch.u).pow(2).mean().sqrt() / batch.u.pow(2).mean().sqrt())
+
+
+def build_models(recipe: ContinualRecipe) -> dict[str, tuple[ContinuumMLP, Any]]:
+    """Name → (network, optimiser); every network starts from the same weights."""
+    from .optim import MultiFrequency
+
+    m, d = recipe.model, recipe.data
+    inputs, outputs = d.window * d.grid, d.grid
+    lr, wd = recipe.train.lr, recipe.train.weight_decay
+
+    def net(periods: list[int]) -> ContinuumMLP:
+        torch.manual_seed(recipe.seed)
+        return ContinuumMLP(inputs, outputs, d=m.d, hidden=m.hidden, periods=periods)
+
+    plain = net([1] * len(m.periods))
+    cms = net(m.periods)
+    groups = cms.period_groups()
+    groups[0]["period"] = m.io_period
+    models: dict[str, tuple[ContinuumMLP, Any]] = {
+        "mlp": (plain, torch.optim.AdamW(plain.parameters(), lr=lr, weight_decay=wd)),
+        "cms": (cms, MultiFrequency(torch.optim.AdamW(groups, lr=lr, weight_decay=wd))),
+    }
+    if recipe.slow_control:
+        slow = net([1] * len(m.periods))
+        models["mlp_slow"] = (
+            slow,
+            torch.optim.AdamW(slow.parameters(), lr=lr / m.io_period, weight_decay=wd),
+        )
+    return models
+
+
+def train_stream(
+    recipe: ContinualRecipe,
+    name: str,
+    model: ContinuumMLP,
+    optimizer: Any,
+    regimes: list[dict[str, Split]],
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train ``model`` on the regimes in order; the error matrix, curves and forgetting."""
+    steps, batch = recipe.train.steps, recipe.train.batch_size
+    gen = torch.Generator().manual_seed(recipe.seed + 1)  # same batches for every model
+    total = steps * len(regimes)
+    on_event("train_start", {"model": name, "total": total})
+    t0 = time.perf_counter()
+    R: list[list[float]] = []
+    curve_steps: list[int] = []
+    curves: list[list[float]] = []
+    k = 0
+    model.train()
+    for regime in regimes:
+        split = regime["train"]
+        for _ in range(steps):
+            k += 1
+            b = split.batch(torch.randint(len(split), (batch,), generator=gen))
+            loss = (b.x[:, -1] + model(b.x) - b.y).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            if recipe.train.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.clip)
+            optimizer.step()
+            if k % recipe.eval_every == 0:
+                curve_steps.append(k)
+                curves.append([nrmse(model, r["test"]) for r in regimes])
+            on_event(
+                "step",
+                {"model": name, "step": k, "total": total, "logs": {"loss": float(loss.detach())}},
+            )
+        R.append([nrmse(model, r["test"]) for r in regimes])
+    P = len(regimes)
+    forgetting = sum(R[P - 1][j] - R[j][j] for j in range(P - 1)) / (P - 1)
+    result = {
+        "forgetting": forgetting,
+        "final": sum(R[P - 1]) / P,
+        "learned": sum(R[j][j] for j in range(P)) / P,
+        "R": R,
+        "seconds": time.perf_counter() - t0,
+    }
+    on_event("train_end", {"model": name, "steps": total, "seconds": result["seconds"]})
+    return {**result, "curve": {"steps": curve_steps, "nrmse": curves}}
+
+
+def run_continual(
+    recipe: ContinualRecipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train every model along the regime stream into ``out``; returns metrics.json's content.
+
+    The job takes minutes and keeps no checkpoints: ``--resume`` runs it again.
+    """
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    started = time.perf_counter()
+    regimes = load_regimes(recipe)  # bad data fails before anything is written
+    on_event(
+        "data",
+        {
+            "source": f"{recipe.data.equation}, ν = {', '.join(map(str, recipe.nus))}",
+            "sizes": {
+                "train": sum(len(r["train"]) for r in regimes),
+                "val": 0,
+                "test": sum(len(r["test"]) for r in regimes),
+            },
+            "unit": "windows",
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        append_line(out / "command.txt", command)
+    results: dict[str, Any] = {
+        "task": "continual",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "equation": recipe.data.equation,
+            "nus": recipe.nus,
+            "grid": recipe.data.grid,
+            "window": recipe.data.window,
+            "steps_per_regime": recipe.train.steps,
+        },
+        "periods": {"levels": recipe.model.periods, "io": recipe.model.io_period},
+        "params": {},
+        "models": {},
+        "curves": {},
+    }
+    for name, (model, optimizer) in build_models(recipe).items():
+        res = train_stream(recipe, name, model, optimizer, regimes, on_event)
+        results["curves"][name] = res.pop("curve")
+        results["models"][name] = res
+        results["params"][name] = count_parameters(model)
+    on_event("evaluate", {"models": list(results["models"])})
+    atomic_write_json(out / "metrics.json", json_safe(results))
+    on_event("report", {})
+    from .report import build_report
+
+    build_report(out)
+    return results
