@@ -33,6 +33,7 @@ from .config import (
     AnyRecipe,
     ContinualRecipe,
     IslandRecipe,
+    LMRecipe,
     Recipe,
     SequenceRecipe,
     SeriesRecipe,
@@ -254,6 +255,10 @@ def run(
         from .continual import run_continual
 
         return run_continual(recipe, out, resume=resume, command=command, on_event=on_event)
+    if isinstance(recipe, LMRecipe):
+        from .lm import run_lm
+
+        return run_lm(recipe, out, resume=resume, command=command, on_event=on_event)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.

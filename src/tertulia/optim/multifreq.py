@@ -101,17 +101,29 @@ class MultiFrequency(torch.optim.Optimizer):
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
+        """The inner optimiser's state dict, in torch's format, with the chunk accumulators
+        under ``state[i]["multifrequency_acc"]`` and the call count in every group (so
+        checkpoint code written for torch optimisers stores it unchanged)."""
+        sd = self.inner.state_dict()
         index = {p: i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        return {
-            "inner": self.inner.state_dict(),
-            "calls": self.calls,
-            "accumulated": {index[p]: t.clone() for p, t in self._acc.items()},
-        }
+        state = {k: dict(v) for k, v in sd["state"].items()}
+        for p, acc in self._acc.items():
+            state.setdefault(index[p], {})["multifrequency_acc"] = acc.clone()
+        groups = [dict(g, multifrequency_calls=self.calls) for g in sd["param_groups"]]
+        return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state_dict["inner"])
+        state = {int(k): dict(v) for k, v in state_dict["state"].items()}
+        acc = {
+            k: v.pop("multifrequency_acc") for k, v in state.items() if "multifrequency_acc" in v
+        }
+        groups = [dict(g) for g in state_dict["param_groups"]]
+        calls = [g.pop("multifrequency_calls", 0) for g in groups]
+        self.inner.load_state_dict(
+            {"state": {k: v for k, v in state.items() if v}, "param_groups": groups}
+        )
         self.param_groups = self.inner.param_groups
         self.state = self.inner.state
-        self.calls = int(state_dict["calls"])
+        self.calls = int(calls[0]) if calls else 0
         params = [p for g in self.param_groups for p in g["params"]]
-        self._acc = {params[int(i)]: t.clone() for i, t in state_dict["accumulated"].items()}
+        self._acc = {params[k]: t.detach().clone() for k, t in acc.items()}

@@ -113,7 +113,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     S4D's ``log_dt`` and Λ: ``{"weight_decay": 0.0, "lr": 1e-3}``) gets a group
     of its own with those settings; its ``lr`` is a base rate that follows the
     schedule like ``train.lr`` does (``lr_scale`` = its lr / ``train.lr`` is
-    applied by the trainer).
+    applied by the trainer). A ``period`` C in it (continuum memory) makes the
+    trainer step that group every C steps on its chunk's mean gradient
+    (:class:`tertulia.optim.MultiFrequency`).
     """
     decay, no_decay = [], []
     special: dict[tuple[tuple[str, float], ...], list[torch.nn.Parameter]] = {}
@@ -187,6 +189,11 @@ class Trainer:
             # groups with their own base lr keep its ratio to train.lr under the schedule
             for group in self.optimizer.param_groups:
                 group["lr_scale"] = group["lr"] / cfg.lr
+            if any(g.get("period", 1) > 1 for g in self.optimizer.param_groups):
+                from ..optim import MultiFrequency
+
+                # continuum memory: groups tagged {"period": C} step every C calls
+                self.optimizer = MultiFrequency(self.optimizer)
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}

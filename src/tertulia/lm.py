@@ -1,0 +1,191 @@
+"""The ``lm`` job: character-level language models at equal steps, in bits per character.
+
+``tertulia run hope-lm`` (``task: lm``): text (CPython's documentation topics,
+or a file) → each model of ``models`` (``hope``, ``transformer``, ``mamba``;
+:mod:`tertulia.nn.lm`) trained by the shared trainer (progress, checkpoints,
+resume) on random windows of ``data.context`` characters, ``train.steps``
+steps each → bits per character on the validation tail, in non-overlapping
+windows of ``data.context`` characters (each character predicted from the
+characters before it in its window):
+
+    bpc = (1 / N_val) Σ_t −log₂ p(c_t | c_{<t in its window})
+
+HOPE's continuum-memory levels carry ``{"period": C}`` in their ``_optim`` tag,
+so the trainer steps them every C steps (:class:`tertulia.optim.MultiFrequency`).
+
+Legend: N_val validation characters, c_t a character.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
+from .build import count_parameters
+from .config import LMModelConfig, LMRecipe
+from .data.chars import CharCorpus, char_corpus, pydoc_text, read_text
+
+EventFn = Callable[[str, dict[str, Any]], None]
+LN2 = math.log(2.0)
+
+
+def _noop(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def load_corpus(recipe: LMRecipe) -> CharCorpus:
+    d = recipe.data
+    text = pydoc_text() if d.source == "pydoc" else read_text(d.path or "")
+    corpus = char_corpus(text, val_fraction=d.val_fraction, min_split=d.context + 1)
+    return corpus
+
+
+def build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module:
+    """The model ``name`` (hope, transformer or mamba) of width ``m.d`` and ``m.layers`` blocks."""
+    from .nn import lm
+
+    if name == "transformer":
+        return lm.transformer_lm(vocab, m.d, m.layers, heads=m.heads, context=context)
+    if name == "mamba":
+        return lm.mamba_lm(vocab, m.d, m.layers, d_state=m.d_state)
+    from .nn.titans import NeuralMemory
+
+    model = lm.hope_lm(
+        vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk), periods=m.periods
+    )
+    for block in model.blocks:
+        for level, c in zip(block.levels, m.periods, strict=True):
+            if c > 1:
+                for p in level.parameters():
+                    p._optim = {"period": c}  # type: ignore[attr-defined]
+    return model
+
+
+class LMTask:
+    """Next-character cross-entropy on random training windows."""
+
+    def __init__(self, model: nn.Module, corpus: CharCorpus, *, context: int, batch_size: int):
+        self.model, self.corpus = model, corpus
+        self.context, self.batch_size = context, batch_size
+
+    def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
+        n = len(self.corpus.train) - self.context - 1
+        starts = torch.randint(n + 1, (self.batch_size,), generator=generator)
+        return torch.stack([self.corpus.train[s : s + self.context + 1] for s in starts.tolist()])
+
+    def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        value = float(loss.detach())
+        return loss, {"loss": value, "bpc": value / LN2}
+
+    @torch.no_grad()
+    def bpc(self, *, max_windows: int | None = None, batch: int = 16) -> float:
+        """Bits per character on the validation tail (non-overlapping windows)."""
+        was = self.model.training
+        self.model.eval()
+        val, c = self.corpus.val, self.context
+        windows = (len(val) - 1) // c
+        if max_windows is not None:
+            windows = min(windows, max_windows)
+        total, count = 0.0, 0
+        for start in range(0, windows, batch):
+            rows = torch.stack(
+                [val[w * c : w * c + c + 1] for w in range(start, min(start + batch, windows))]
+            )
+            logits = self.model(rows[:, :-1])
+            total += float(
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
+            count += rows[:, 1:].numel()
+        self.model.train(was)
+        return total / max(count, 1) / LN2
+
+    def validation_nll(self) -> float:
+        return self.bpc(max_windows=32) * LN2
+
+
+def run_lm(
+    recipe: LMRecipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train and judge every model of the recipe into ``out``; returns metrics.json's content."""
+    from .pipeline import fit_in_run
+
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    started = time.perf_counter()
+    corpus = load_corpus(recipe)  # bad data fails before anything is written
+    on_event(
+        "data",
+        {
+            "source": recipe.data.source if recipe.data.source == "pydoc" else recipe.data.path,
+            "sizes": {"train": len(corpus.train), "val": len(corpus.val), "test": 0},
+            "unit": "characters",
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        append_line(out / "command.txt", command)
+    results: dict[str, Any] = {
+        "task": "lm",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "source": recipe.data.source,
+            "train_characters": len(corpus.train),
+            "val_characters": len(corpus.val),
+            "vocabulary": corpus.size,
+            "context": recipe.data.context,
+            "uniform_bpc": math.log2(corpus.size),
+        },
+        "params": {},
+        "models": {},
+        "train": {},
+    }
+    for index, (name, m) in enumerate(recipe.models.items()):
+        torch.manual_seed(recipe.seed + index)
+        model = build_lm(name, m, corpus.size, recipe.data.context)
+        task = LMTask(
+            model, corpus, context=recipe.data.context, batch_size=recipe.train.batch_size
+        )
+        summary = fit_in_run(
+            task,
+            recipe.train,
+            name=name,
+            seed=recipe.seed + 1000,  # the same batches for every model
+            out=out,
+            recipe_name=recipe.name,
+            on_event=on_event,
+        )
+        results["train"][name] = {
+            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
+        }
+        on_event("train_end", {"model": name, **results["train"][name]})
+        results["params"][name] = count_parameters(model)
+        results["models"][name] = {"bpc": task.bpc()}
+    on_event("evaluate", {"models": list(results["models"])})
+    atomic_write_json(out / "metrics.json", json_safe(results))
+    on_event("report", {})
+    from .report import build_report
+
+    build_report(out)
+    return results
