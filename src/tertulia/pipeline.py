@@ -34,6 +34,7 @@ from .config import (
     ContinualRecipe,
     IslandRecipe,
     LMRecipe,
+    RecallRecipe,
     Recipe,
     SequenceRecipe,
     SeriesRecipe,
@@ -259,6 +260,10 @@ def run(
         from .lm import run_lm
 
         return run_lm(recipe, out, resume=resume, command=command, on_event=on_event)
+    if isinstance(recipe, RecallRecipe):
+        from .recall import run_recall
+
+        return run_recall(recipe, out, resume=resume, command=command, on_event=on_event)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.

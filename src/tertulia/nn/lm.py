@@ -184,3 +184,23 @@ def hope_period_groups(model: TokenLM, **options: object) -> list[dict[str, obje
     groups = [{"params": rest, "period": 1, **options}]
     groups += [{"params": ps, "period": c, **options} for c, ps in sorted(by_period.items())]
     return groups
+
+
+class TokenShift(nn.Module):
+    """``inner(W [h_{t−1}; h_t])``: each position also sees its predecessor (h_{−1} = 0), so a
+    memory written at token t can bind the previous token (a key) to this one (its value)."""
+
+    def __init__(self, d: int, inner: nn.Module):
+        super().__init__()
+        self.mix = nn.Linear(2 * d, d)
+        self.inner = inner
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        prev = F.pad(h, (0, 0, 1, 0))[:, :-1]
+        return self.inner(self.mix(torch.cat([prev, h], dim=-1)))
+
+
+def memory_lm(vocab: int, d: int, layers: int, *, memory: Callable[[], nn.Module]) -> TokenLM:
+    """A stack of test-time-learning memories (each behind a token shift) with MLPs."""
+    blocks = [Block(d, TokenShift(d, memory()), MLP(d, 2)) for _ in range(layers)]
+    return TokenLM(vocab, d, blocks)

@@ -1,0 +1,203 @@
+"""The ``recall`` job: associative recall beyond an attention window.
+
+``tertulia run recall`` (``task: recall``): sequences of key–value pairs, a gap
+of filler tokens and a query (:mod:`tertulia.data.recall`). Training draws each
+batch at a random distance in [2P, ``train_max`` · W]; the test sets sit at
+``eval_multiples`` × W. Models (:mod:`tertulia.nn.lm`):
+
+* ``titans`` — a Titans neural memory (:class:`tertulia.nn.titans.NeuralMemory`)
+  behind a token shift, written at test time token by token and read at the query;
+* ``sliding_attention`` — a causal Transformer whose attention sees the last
+  W tokens only (with ``layers`` blocks its reach is ``layers · (W − 1)`` steps).
+
+The answer is the value token scored highest at the last position (logits over
+the whole vocabulary; chance is 1 / values). ``metrics.json``: ``{"models":
+{name: {"accuracy_4x", "accuracy": {multiple: acc}, …}}}``.
+
+Legend: P pairs, W the attention window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
+from .build import count_parameters
+from .config import RecallModelConfig, RecallRecipe
+from .data.recall import RecallSet, RecallVocab, recall_set
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def vocab_of(recipe: RecallRecipe) -> RecallVocab:
+    d = recipe.data
+    return RecallVocab(keys=d.keys, values=d.values, fillers=d.fillers)
+
+
+def test_sets(recipe: RecallRecipe) -> dict[float, RecallSet]:
+    d, v = recipe.data, vocab_of(recipe)
+    return {
+        m: recall_set(
+            d.n_test,
+            distance=max(int(round(m * d.window)), 2 * d.pairs),
+            pairs=d.pairs,
+            vocab=v,
+            seed=recipe.seed + 10_000 + i,
+        )
+        for i, m in enumerate(d.eval_multiples)
+    }
+
+
+def build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -> nn.Module:
+    from .nn import lm
+
+    vocab = vocab_of(recipe).size
+    if name == "sliding_attention":
+        longest = (
+            2 * recipe.data.pairs
+            + 2
+            + int(max(recipe.data.train_max, *recipe.data.eval_multiples) * recipe.data.window)
+        )
+        return lm.transformer_lm(
+            vocab, m.d, m.layers, heads=m.heads, context=longest, window=recipe.data.window
+        )
+    from .nn.titans import NeuralMemory
+
+    return lm.memory_lm(vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk))
+
+
+class RecallTask:
+    """Cross-entropy of the answer at the last position; a random distance per batch."""
+
+    def __init__(self, model: nn.Module, recipe: RecallRecipe):
+        self.model, self.recipe, self.vocab = model, recipe, vocab_of(recipe)
+
+    def sample_batch(self, generator: torch.Generator) -> RecallSet:
+        d = self.recipe.data
+        low, high = 2 * d.pairs, max(int(d.train_max * d.window), 2 * d.pairs)
+        distance = int(torch.randint(low, high + 1, (1,), generator=generator))
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        return recall_set(
+            self.recipe.train.batch_size,
+            distance=distance,
+            pairs=d.pairs,
+            vocab=self.vocab,
+            seed=seed,
+        )
+
+    def loss(self, batch: RecallSet, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.model(batch.tokens)[:, -1]
+        loss = F.cross_entropy(logits, batch.label)
+        acc = float((logits.argmax(-1) == batch.label).float().mean())
+        return loss, {"loss": float(loss.detach()), "accuracy": acc}
+
+    @torch.no_grad()
+    def accuracy(self, data: RecallSet, batch: int = 100) -> float:
+        was = self.model.training
+        self.model.eval()
+        right = 0
+        for i in range(0, len(data), batch):
+            logits = self.model(data.tokens[i : i + batch])[:, -1]
+            right += int((logits.argmax(-1) == data.label[i : i + batch]).sum())
+        self.model.train(was)
+        return right / len(data)
+
+    def validation_nll(self) -> float:
+        data = recall_set(
+            64,
+            distance=self.recipe.data.window,
+            pairs=self.recipe.data.pairs,
+            vocab=self.vocab,
+            seed=self.recipe.seed + 99,
+        )
+        with torch.no_grad():
+            return float(F.cross_entropy(self.model(data.tokens)[:, -1], data.label))
+
+
+def run_recall(
+    recipe: RecallRecipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = _noop,
+) -> dict[str, Any]:
+    """Train and judge both models into ``out``; returns metrics.json's content."""
+    from .pipeline import fit_in_run
+
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    started = time.perf_counter()
+    tests = test_sets(recipe)
+    on_event(
+        "data",
+        {
+            "source": "associative recall",
+            "sizes": {
+                "train": recipe.train.steps * recipe.train.batch_size,
+                "val": 64,
+                "test": sum(len(t) for t in tests.values()),
+            },
+            "unit": "sequences",
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+        },
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        append_line(out / "command.txt", command)
+    d = recipe.data
+    results: dict[str, Any] = {
+        "task": "recall",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "pairs": d.pairs,
+            "window": d.window,
+            "distances": {str(m): t.distance for m, t in tests.items()},
+            "chance_accuracy": 1.0 / d.values,
+        },
+        "params": {},
+        "models": {},
+        "train": {},
+    }
+    for index, (name, m) in enumerate(recipe.models.items()):
+        torch.manual_seed(recipe.seed + index)
+        model = build_recall_model(name, m, recipe)
+        task = RecallTask(model, recipe)
+        summary = fit_in_run(
+            task,
+            recipe.train,
+            name=name,
+            seed=recipe.seed + 1000,
+            out=out,
+            recipe_name=recipe.name,
+            on_event=on_event,
+        )
+        results["train"][name] = {
+            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
+        }
+        on_event("train_end", {"model": name, **results["train"][name]})
+        accuracy = {str(mult): task.accuracy(t) for mult, t in tests.items()}
+        results["params"][name] = count_parameters(model)
+        results["models"][name] = {"accuracy_4x": accuracy[str(4.0)], "accuracy": accuracy}
+    on_event("evaluate", {"models": list(results["models"])})
+    atomic_write_json(out / "metrics.json", json_safe(results))
+    on_event("report", {})
+    from .report import build_report
+
+    build_report(out)
+    return results
