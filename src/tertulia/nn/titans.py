@@ -1,0 +1,186 @@
+"""Titans neural memory (Behrouz et al., "Titans: Learning to Memorize at Test Time").
+
+A memory MLP M — depth 1: ``M(k) = k W``; depth 2: ``M(k) = silu(k W₁) W₂`` —
+whose weights are *fast weights*, one copy per sequence, written inside the
+forward pass by gradient steps on the associative loss
+
+    ℓ(M; x_t) = ‖M(k_t) − v_t‖²      k_t = norm(W_k x_t),  v_t = W_v x_t,  q_t = norm(W_q x_t)
+
+(norm: L2 normalisation, so the inner step size does not depend on the scale of x),
+with a data-dependent learning rate θ_t, momentum η_t (the "surprise") and
+forgetting α_t, each a sigmoid of a linear map of x_t (θ_t scaled by θ_max):
+
+    S_t = η_t S_{t−1} − θ_t clip(∇ℓ(M_{t−1}; x_t))
+    M_t = (1 − α_t) M_{t−1} + S_t
+    y_t = W_o M_t(q_t)                                    (read after writing token t)
+
+``clip`` rescales each token's inner gradient (all memory tensors jointly) to
+norm ≤ ``clip``, so no input, however large, makes the inner loop explode.
+
+**Chunked form.** The sequence is cut into chunks of ``chunk`` tokens; inside
+a chunk every token's gradient is taken at the chunk's starting weights
+M_{c₀} (so all of them come from one batched computation, written out in
+closed form below), then S and M are propagated token by token and each token
+reads its own M_t. ``chunk = 1`` is the exact token-by-token recurrence. A last
+chunk shorter than ``chunk`` — or a whole sequence shorter than one chunk — is
+processed like any other: the memory is always written.
+
+Gradients in closed form (depth 2, z = k W₁, a = silu(z), e = a W₂ − v):
+
+    ∇W₂ = 2 aᵀ e          ∇W₁ = 2 kᵀ [(e W₂ᵀ) ⊙ silu′(z)]        (depth 1: ∇W = 2 kᵀ (k W − v))
+
+The projections, gates and initial memory weights are ordinary parameters
+trained by backpropagation *through* the inner updates (they are explicit
+functions of them). ``forward(x, state)`` carries (M, S) across calls for
+streaming: two calls on the halves of a sequence split at a multiple of
+``chunk`` give the outputs of one call on the whole.
+
+Legend: B batch, L tokens, d width, h memory hidden width, C chunk, t token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MemoryState:
+    """Fast weights M and momenta S, one per memory tensor, each (B, …)."""
+
+    weights: list[torch.Tensor]
+    momenta: list[torch.Tensor]
+
+    def detach(self) -> MemoryState:
+        return MemoryState([w.detach() for w in self.weights], [s.detach() for s in self.momenta])
+
+
+def _silu_grad(z: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+class NeuralMemory(nn.Module):
+    """A Titans long-term memory: (B, L, d) → (B, L, d), learning at test time.
+
+    Args:
+        d: width of tokens, keys, values and queries.
+        hidden: memory MLP hidden width (depth 2; default 2·d).
+        depth: 1 (a d×d matrix) or 2 (d → hidden → d with SiLU).
+        chunk: tokens whose inner gradients share the chunk's starting weights.
+        clip: maximum norm of one token's inner gradient.
+        theta_max: largest inner learning rate.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        *,
+        hidden: int | None = None,
+        depth: int = 2,
+        chunk: int = 16,
+        clip: float = 1.0,
+        theta_max: float = 1.0,
+    ):
+        super().__init__()
+        if depth not in (1, 2):
+            raise ValueError(f"depth must be 1 or 2, got {depth}")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        if clip <= 0 or theta_max <= 0:
+            raise ValueError(f"clip and theta_max must be > 0, got {clip}, {theta_max}")
+        self.d, self.depth, self.chunk = d, depth, chunk
+        self.hidden = hidden or 2 * d
+        self.clip, self.theta_max = clip, theta_max
+        self.to_k = nn.Linear(d, d, bias=False)
+        self.to_v = nn.Linear(d, d, bias=False)
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.gates = nn.Linear(d, 3)  # θ, η, α logits
+        with torch.no_grad():
+            self.gates.weight.mul_(0.1)
+            self.gates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))  # θ ≈ θmax/2, η ≈ .88, α ≈ .02
+        if depth == 1:
+            self.init_weights = nn.ParameterList([nn.Parameter(torch.zeros(d, d))])
+        else:
+            w1 = torch.randn(d, self.hidden) / math.sqrt(d)
+            w2 = torch.randn(self.hidden, d) / math.sqrt(self.hidden)
+            self.init_weights = nn.ParameterList([nn.Parameter(w1), nn.Parameter(w2 * 0.1)])
+
+    # ------------------------------------------------------------------ pieces
+
+    def initial_state(self, batch: int) -> MemoryState:
+        weights = [w.unsqueeze(0).expand(batch, *w.shape) for w in self.init_weights]
+        return MemoryState(weights, [torch.zeros_like(w) for w in weights])
+
+    def gate_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """θ, η, α, each (B, L)."""
+        g = torch.sigmoid(self.gates(x))
+        return self.theta_max * g[..., 0], g[..., 1], g[..., 2]
+
+    def read(self, weights: list[torch.Tensor], q: torch.Tensor) -> torch.Tensor:
+        """M(q) for q (B, T, d) with weights (B, …): (B, T, d)."""
+        if self.depth == 1:
+            return q @ weights[0]
+        return F.silu(q @ weights[0]) @ weights[1]
+
+    def token_gradients(
+        self, weights: list[torch.Tensor], k: torch.Tensor, v: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """∇ℓ of every token of the chunk at ``weights``: one (B, T, …) tensor per weight."""
+        if self.depth == 1:
+            e = k @ weights[0] - v  # (B, T, d)
+            return [2 * k.unsqueeze(-1) * e.unsqueeze(-2)]
+        z = k @ weights[0]  # (B, T, h)
+        a = F.silu(z)
+        e = a @ weights[1] - v  # (B, T, d)
+        g2 = 2 * a.unsqueeze(-1) * e.unsqueeze(-2)  # (B, T, h, d)
+        back = (e @ weights[1].transpose(-1, -2)) * _silu_grad(z)  # (B, T, h)
+        g1 = 2 * k.unsqueeze(-1) * back.unsqueeze(-2)  # (B, T, d, h)
+        return [g1, g2]
+
+    def _clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        sq = sum(g.pow(2).flatten(2).sum(-1) for g in grads)  # (B, T)
+        scale = (self.clip / (sq.sqrt() + 1e-12)).clamp(max=1.0)
+        return [g * scale.view(*scale.shape, *([1] * (g.ndim - 2))) for g in grads]
+
+    # ----------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: MemoryState | None = None,
+        *,
+        return_state: bool = False,
+        gates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, MemoryState]:
+        """Write every token of ``x`` (B, L, d) into the memory and read it; ``gates``
+        (θ, η, α, each (B, L)) override the learned ones."""
+        if x.ndim != 3 or x.shape[-1] != self.d:
+            raise ValueError(f"NeuralMemory expects (B, L, {self.d}) inputs, got {tuple(x.shape)}")
+        b, length, _ = x.shape
+        st = state or self.initial_state(b)
+        weights, momenta = list(st.weights), list(st.momenta)
+        k = F.normalize(self.to_k(x), dim=-1)
+        v = self.to_v(x)
+        q = F.normalize(self.to_q(x), dim=-1)
+        theta, eta, alpha = gates if gates is not None else self.gate_values(x)
+        reads = []
+        for c0 in range(0, length, self.chunk):
+            c1 = min(c0 + self.chunk, length)
+            grads = self._clip(self.token_gradients(weights, k[:, c0:c1], v[:, c0:c1]))
+            for i in range(c1 - c0):
+                t = c0 + i
+                shape = (b,) + (1,) * (weights[0].ndim - 1)
+                th, et, al = (g[:, t].view(shape) for g in (theta, eta, alpha))
+                momenta = [et * s - th * g[:, i] for s, g in zip(momenta, grads, strict=True)]
+                weights = [(1 - al) * w + s for w, s in zip(weights, momenta, strict=True)]
+                reads.append(self.read(weights, q[:, t : t + 1]))
+        y = self.out(torch.cat(reads, dim=1)) if reads else self.out(x[:, :0])
+        if return_state:
+            return y, MemoryState(weights, momenta)
+        return y
