@@ -42,7 +42,7 @@ def _reference(mem: NeuralMemory, x: torch.Tensor, chunk: int) -> torch.Tensor:
     k = F.normalize(mem.to_k(x), dim=-1)
     v = mem.to_v(x)
     q = F.normalize(mem.to_q(x), dim=-1)
-    theta, eta, alpha = mem.gate_values(x)
+    theta, eta, alpha = (g.detach() for g in mem.gate_values(x))
     outs = []
     for s in range(b):
         weights = [w.detach().clone() for w in mem.init_weights]
