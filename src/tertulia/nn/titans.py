@@ -103,7 +103,7 @@ class NeuralMemory(nn.Module):
         self.gates = nn.Linear(d, 3)  # θ, η, α logits
         with torch.no_grad():
             self.gates.weight.mul_(0.1)
-            self.gates.bias.copy_(torch.tensor([0.0, 2.0, -4.0]))  # θ ≈ θmax/2, η ≈ .88, α ≈ .02
+            self.gates.bias.copy_(torch.tensor([0.0, 2.0, -6.0]))  # θ ≈ θmax/2, η ≈ .88, α ≈ .0025
         if depth == 1:
             self.init_weights = nn.ParameterList([nn.Parameter(torch.zeros(d, d))])
         else:
