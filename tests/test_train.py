@@ -91,6 +91,41 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+class _PeriodTask(ToyTask):
+    """The toy task whose bias updates every 3 steps (a continuum-memory tag)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model.bias._optim = {"period": 3, "weight_decay": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("make", "optimizer"),
+    [
+        (ToyTask, {"kind": "dmgd"}),
+        (ToyTask, {"kind": "dmgd", "memory": "linear"}),
+        (_PeriodTask, {"kind": "adamw"}),
+    ],
+)
+def test_dmgd_and_multi_frequency_training_resume_exactly(tmp_path, make, optimizer):
+    """The optimisers of nested learning checkpoint their whole state through the trainer."""
+    cfg = _cfg(optimizer=optimizer, steps=31)
+    torch.manual_seed(0)
+    full = make()
+    Trainer(full, cfg, seed=3, checkpoint_dir=tmp_path / "a").fit()
+    torch.manual_seed(0)
+    first = make()
+    with pytest.raises(_Stop):
+        Trainer(first, cfg, seed=3, checkpoint_dir=tmp_path / "c", on_step=_stop_at(20)).fit()
+    second = make()
+    trainer = Trainer(second, cfg, seed=3, checkpoint_dir=tmp_path / "c")
+    assert trainer.fit().resumed_from == 20
+    for a, b in zip(full.model.parameters(), second.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if make is _PeriodTask:  # step 31 is no multiple of 3: the bias kept its step-30 value
+        assert type(trainer.optimizer).__name__ == "MultiFrequency"
+
+
 class _Stop(Exception):
     pass
 

@@ -183,6 +183,17 @@ class BlocksConfig(_Section):
     shared: bool = Field(True, description="train the shared (non-per-cell) parameters always")
 
 
+class OptimizerConfig(_Section):
+    """The training optimiser: AdamW (default) or deep momentum (``tertulia.optim.DMGD``)."""
+
+    kind: Literal["adamw", "dmgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1, description="dmgd: α of the memory's momentum")
+    memory: Literal["mlp", "linear"] = Field("mlp", description="dmgd: deep or linear memory")
+    hidden: int = Field(16, ge=1, description="dmgd: width of the memory MLP")
+    inner_lr: float = Field(0.05, gt=0, description="dmgd: learning rate of the memory MLP")
+    newton_schulz: int = Field(0, ge=0, description="dmgd: Newton–Schulz steps on 2-D updates")
+
+
 class TrainConfig(_Section):
     mode: Literal["bptt", "truncated", "deq"] = Field(
         "bptt",
@@ -213,6 +224,7 @@ class TrainConfig(_Section):
     jac_reg_every: int = Field(1, ge=1, description="apply the Jacobian penalty every k steps")
     jac_reg_samples: int = Field(1, ge=1, description="Hutchinson probe vectors")
     rho_every: int = Field(0, ge=0, description="log the contraction factor ρ every k steps")
+    optimizer: OptimizerConfig = OptimizerConfig()
 
 
 class OODConfig(_Section):

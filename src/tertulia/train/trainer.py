@@ -183,9 +183,22 @@ class Trainer:
             self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         else:
             self.params = [p for p in self.model.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.AdamW(
-                parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr
-            )
+            groups = parameter_groups(self.model, cfg.weight_decay)
+            o = cfg.optimizer
+            if o.kind == "dmgd":
+                from ..optim import DMGD
+
+                self.optimizer = DMGD(
+                    groups,
+                    lr=cfg.lr,
+                    momentum=o.momentum,
+                    memory=o.memory,
+                    hidden=o.hidden,
+                    inner_lr=o.inner_lr,
+                    newton_schulz=o.newton_schulz,
+                )
+            else:
+                self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
             # groups with their own base lr keep its ratio to train.lr under the schedule
             for group in self.optimizer.param_groups:
                 group["lr_scale"] = group["lr"] / cfg.lr
