@@ -160,9 +160,10 @@ def hope_lm(
     periods: Sequence[int] = (1, 4, 16),
     level_mult: int = 2,
 ) -> TokenLM:
-    """HOPE: each block a test-time-learning memory (``memory()``) then CMS levels."""
+    """HOPE: each block a test-time-learning memory (``memory()``, behind a token shift)
+    then CMS levels."""
     blocks = [
-        Block(d, memory(), levels=[Level(d, level_mult * d) for _ in periods])
+        Block(d, TokenShift(d, memory()), levels=[Level(d, level_mult * d) for _ in periods])
         for _ in range(layers)
     ]
     model = TokenLM(vocab, d, blocks)

@@ -12,18 +12,20 @@ forgetting α_t, each a sigmoid of a linear map of x_t (θ_t scaled by θ_max):
 
     S_t = η_t S_{t−1} − θ_t clip(∇ℓ(M_{t−1}; x_t))
     M_t = (1 − α_t) M_{t−1} + S_t
-    y_t = W_o M_t(q_t)                                    (read after writing token t)
+    y_t = W_o M_{t−1}(q_t)                                (read before writing token t)
 
 ``clip`` rescales each token's inner gradient (all memory tensors jointly) to
 norm ≤ ``clip``, so no input, however large, makes the inner loop explode.
 
 **Chunked form.** The sequence is cut into chunks of ``chunk`` tokens; inside
 a chunk every token's gradient is taken at the chunk's starting weights
-M_{c₀} (so all of them come from one batched computation, written out in
-closed form below), then S and M are propagated token by token and each token
-reads its own M_t. ``chunk = 1`` is the exact token-by-token recurrence. A last
-chunk shorter than ``chunk`` — or a whole sequence shorter than one chunk — is
-processed like any other: the memory is always written.
+M_{c₀} and every token reads M_{c₀} (so all of them come from one batched
+computation), and the chunk's end state (M, S) is a weighted sum of its
+gradients (:meth:`NeuralMemory._advance`): memory grows with the number of
+chunks, not tokens. ``chunk = 1`` is the exact token-by-token recurrence. A
+last chunk shorter than ``chunk`` — or a whole sequence shorter than one chunk —
+is processed like any other: the memory is always written, and the next call
+(streaming) reads it.
 
 Gradients in closed form (depth 2, z = k W₁, a = silu(z), e = a W₂ − v):
 
@@ -148,6 +150,49 @@ class NeuralMemory(nn.Module):
         scale = (self.clip / (sq.sqrt() + 1e-12)).clamp(max=1.0)
         return [g * scale.view(*scale.shape, *([1] * (g.ndim - 2))) for g in grads]
 
+    @staticmethod
+    def _advance(
+        weights: list[torch.Tensor],
+        momenta: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        theta: torch.Tensor,
+        eta: torch.Tensor,
+        alpha: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """M and S after a chunk's C tokens, as weighted sums of the token gradients.
+
+        With E_i = Π_{l≤i} η_l and β_i = Π_{l>i} (1 − α_l) (products inside the chunk),
+        unrolling the recurrence gives
+
+            S_C = E_C S_0 − Σ_j (E_C / E_j) θ_j g_j
+            M_C = (Π_i (1 − α_i)) M_0 + (Σ_i β_i E_i) S_0 − Σ_j θ_j (Σ_{i≥j} β_i E_i / E_j) g_j
+
+        computed in log space (every ratio E_i / E_j with i ≥ j is ≤ 1)."""
+        log_e = torch.cumsum(torch.log(eta.clamp_min(1e-30)), dim=1)  # (B, C)
+        log_keep = torch.log1p(-alpha.clamp(max=1 - 1e-7))
+        log_beta = log_keep.sum(1, keepdim=True) - torch.cumsum(log_keep, dim=1)  # (B, C)
+        c = eta.shape[1]
+        lower = torch.ones(c, c, dtype=torch.bool, device=eta.device).tril()  # i ≥ j
+        pair = log_beta[:, :, None] + log_e[:, :, None] - log_e[:, None, :]  # (B, i, j)
+        w = torch.where(lower, pair, torch.full_like(pair, -torch.inf)).exp()
+        coef_m = theta * w.sum(1)  # (B, C)
+        coef_s = theta * (log_e[:, -1:] - log_e).exp()  # (B, C)
+        decay = log_keep.sum(1).exp()  # (B,)
+        s0_m = (log_beta + log_e).exp().sum(1)  # (B,)
+        s0_s = log_e[:, -1].exp()  # (B,)
+
+        def per_batch(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return x.view(x.shape[0], *([1] * (like.ndim - 1)))
+
+        new_w, new_s = [], []
+        for m0, s0, g in zip(weights, momenta, grads, strict=True):
+            flat = g.flatten(2)  # (B, C, n)
+            sum_m = torch.einsum("bc,bcn->bn", coef_m, flat).view_as(m0)
+            sum_s = torch.einsum("bc,bcn->bn", coef_s, flat).view_as(m0)
+            new_w.append(per_batch(decay, m0) * m0 + per_batch(s0_m, m0) * s0 - sum_m)
+            new_s.append(per_batch(s0_s, s0) * s0 - sum_s)
+        return new_w, new_s
+
     # ----------------------------------------------------------------- forward
 
     def forward(
@@ -172,14 +217,11 @@ class NeuralMemory(nn.Module):
         reads = []
         for c0 in range(0, length, self.chunk):
             c1 = min(c0 + self.chunk, length)
+            reads.append(self.read(weights, q[:, c0:c1]))  # the memory as the chunk starts
             grads = self._clip(self.token_gradients(weights, k[:, c0:c1], v[:, c0:c1]))
-            for i in range(c1 - c0):
-                t = c0 + i
-                shape = (b,) + (1,) * (weights[0].ndim - 1)
-                th, et, al = (g[:, t].view(shape) for g in (theta, eta, alpha))
-                momenta = [et * s - th * g[:, i] for s, g in zip(momenta, grads, strict=True)]
-                weights = [(1 - al) * w + s for w, s in zip(weights, momenta, strict=True)]
-                reads.append(self.read(weights, q[:, t : t + 1]))
+            weights, momenta = self._advance(
+                weights, momenta, grads, theta[:, c0:c1], eta[:, c0:c1], alpha[:, c0:c1]
+            )
         y = self.out(torch.cat(reads, dim=1)) if reads else self.out(x[:, :0])
         if return_state:
             return y, MemoryState(weights, momenta)
