@@ -31,6 +31,9 @@ Gradients in closed form (depth 2, z = k W₁, a = silu(z), e = a W₂ − v):
 
     ∇W₂ = 2 aᵀ e          ∇W₁ = 2 kᵀ [(e W₂ᵀ) ⊙ silu′(z)]        (depth 1: ∇W = 2 kᵀ (k W − v))
 
+— outer products, so a token's norm is 2‖x‖‖y‖ and a chunk's weighted sum
+Σ_t c_t 2 x_tᵀ y_t is one batched matmul: per-token gradients are never stored.
+
 The projections, gates and initial memory weights are ordinary parameters
 trained by backpropagation *through* the inner updates (they are explicit
 functions of them). ``forward(x, state)`` carries (M, S) across calls for
@@ -130,36 +133,36 @@ class NeuralMemory(nn.Module):
             return q @ weights[0]
         return F.silu(q @ weights[0]) @ weights[1]
 
-    def token_gradients(
+    def gradient_factors(
         self, weights: list[torch.Tensor], k: torch.Tensor, v: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """∇ℓ of every token of the chunk at ``weights``: one (B, T, …) tensor per weight."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """∇ℓ of every token of a chunk at ``weights``, as factors: for each memory tensor a
+        pair (x, y) of (B, T, ·) with token t's gradient ``2 x_tᵀ y_t`` (never materialised)."""
         if self.depth == 1:
-            e = k @ weights[0] - v  # (B, T, d)
-            return [2 * k.unsqueeze(-1) * e.unsqueeze(-2)]
+            return [(k, k @ weights[0] - v)]
         z = k @ weights[0]  # (B, T, h)
         a = F.silu(z)
         e = a @ weights[1] - v  # (B, T, d)
-        g2 = 2 * a.unsqueeze(-1) * e.unsqueeze(-2)  # (B, T, h, d)
         back = (e @ weights[1].transpose(-1, -2)) * _silu_grad(z)  # (B, T, h)
-        g1 = 2 * k.unsqueeze(-1) * back.unsqueeze(-2)  # (B, T, d, h)
-        return [g1, g2]
+        return [(k, back), (a, e)]
 
-    def _clip(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        sq = sum(g.pow(2).flatten(2).sum(-1) for g in grads)  # (B, T)
-        scale = (self.clip / (sq.sqrt() + 1e-12)).clamp(max=1.0)
-        return [g * scale.view(*scale.shape, *([1] * (g.ndim - 2))) for g in grads]
+    def clip_scale(self, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(B, T) factors ≤ 1 bringing each token's joint gradient norm to ≤ ``clip``:
+        ‖2 xᵀ y‖_F = 2 ‖x‖ ‖y‖."""
+        sq = sum(4 * x.pow(2).sum(-1) * y.pow(2).sum(-1) for x, y in factors)
+        return (self.clip / (sq.sqrt() + 1e-12)).clamp(max=1.0)
 
     @staticmethod
     def _advance(
         weights: list[torch.Tensor],
         momenta: list[torch.Tensor],
-        grads: list[torch.Tensor],
+        factors: list[tuple[torch.Tensor, torch.Tensor]],
         theta: torch.Tensor,
         eta: torch.Tensor,
         alpha: torch.Tensor,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """M and S after a chunk's C tokens, as weighted sums of the token gradients.
+        """M and S after a chunk's C tokens, as weighted sums of the token gradients
+        (``theta`` already carries each token's clip factor).
 
         With E_i = Π_{l≤i} η_l and β_i = Π_{l>i} (1 − α_l) (products inside the chunk),
         unrolling the recurrence gives
@@ -185,10 +188,10 @@ class NeuralMemory(nn.Module):
             return x.view(x.shape[0], *([1] * (like.ndim - 1)))
 
         new_w, new_s = [], []
-        for m0, s0, g in zip(weights, momenta, grads, strict=True):
-            flat = g.flatten(2)  # (B, C, n)
-            sum_m = torch.einsum("bc,bcn->bn", coef_m, flat).view_as(m0)
-            sum_s = torch.einsum("bc,bcn->bn", coef_s, flat).view_as(m0)
+        for m0, s0, (x, y) in zip(weights, momenta, factors, strict=True):
+            # Σ_j c_j g_j = 2 Σ_j c_j x_jᵀ y_j = 2 xᵀ diag(c) y: a batched matmul
+            sum_m = 2 * (x * coef_m.unsqueeze(-1)).transpose(1, 2) @ y
+            sum_s = 2 * (x * coef_s.unsqueeze(-1)).transpose(1, 2) @ y
             new_w.append(per_batch(decay, m0) * m0 + per_batch(s0_m, m0) * s0 - sum_m)
             new_s.append(per_batch(s0_s, s0) * s0 - sum_s)
         return new_w, new_s
@@ -218,9 +221,10 @@ class NeuralMemory(nn.Module):
         for c0 in range(0, length, self.chunk):
             c1 = min(c0 + self.chunk, length)
             reads.append(self.read(weights, q[:, c0:c1]))  # the memory as the chunk starts
-            grads = self._clip(self.token_gradients(weights, k[:, c0:c1], v[:, c0:c1]))
+            factors = self.gradient_factors(weights, k[:, c0:c1], v[:, c0:c1])
+            clipped = theta[:, c0:c1] * self.clip_scale(factors)  # θ_t times the clip factor
             weights, momenta = self._advance(
-                weights, momenta, grads, theta[:, c0:c1], eta[:, c0:c1], alpha[:, c0:c1]
+                weights, momenta, factors, clipped, eta[:, c0:c1], alpha[:, c0:c1]
             )
         y = self.out(torch.cat(reads, dim=1)) if reads else self.out(x[:, :0])
         if return_state:
