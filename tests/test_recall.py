@@ -63,3 +63,4 @@ def test_recall_run_with_sliding_attention_fills_the_contract(tmp_path):
     assert set(row["accuracy"]) == {"1.0", "2.0", "4.0"}
     assert m["data"]["distances"]["4.0"] == 32
     torch.testing.assert_close(torch.tensor(m["data"]["chance_accuracy"]), torch.tensor(1 / 16))
+    assert (tmp_path / "r" / "recall_distance.png").is_file()

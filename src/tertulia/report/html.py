@@ -977,6 +977,40 @@ def _page(
     )
 
 
+def _recall_distance(run: _Run) -> _Figure | None:
+    """Recall runs: test accuracy against the query distance, in attention windows."""
+    if run.metrics.get("task") != "recall":
+        return None
+    rows = run.metrics.get("models") or {}
+    chance = (run.metrics.get("data") or {}).get("chance_accuracy")
+    fig = plots._new_figure(5.0, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for name, row in rows.items():
+        acc = row.get("accuracy") if isinstance(row, dict) else None
+        if not isinstance(acc, dict) or not acc:
+            continue
+        try:
+            pts = sorted((float(k), float(v)) for k, v in acc.items())
+        except (TypeError, ValueError):
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        drawn = True
+    if not drawn:
+        return None
+    if isinstance(chance, int | float):
+        ax.axhline(float(chance), color="0.5", ls="--", lw=0.8, label="chance")
+    ax.set_xlabel("distance of the answer (attention windows W)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    caption = (
+        "Accuracy of recalling a value seen this many windows before the query. Sliding "
+        "attention cannot see past its layers·(W−1) steps; a test-time memory can."
+    )
+    return _Figure("recall_distance", "Recall against distance", caption, plots.figure_png(fig))
+
+
 def build_report(run_dir: Path) -> Path:
     """Write the figures (PNG) and ``report.html`` into ``run_dir``; return the page's path.
 
@@ -1012,6 +1046,7 @@ def build_report(run_dir: Path) -> Path:
             _attention(run),
             _training(run),
             _spacetime(run, names),
+            _recall_distance(run),
         )
         if fig is not None
     ]
