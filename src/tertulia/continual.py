@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
 from .build import count_parameters
 from .config import ContinualRecipe
 from .nn.memory import ContinuumMLP
@@ -167,9 +166,15 @@ def run_continual(
         torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     regimes = load_regimes(recipe)  # bad data fails before anything is written
-    on_event(
-        "data",
-        {
+    from .pipeline import close_run, open_run
+
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": f"{recipe.data.equation}, ν = {', '.join(map(str, recipe.nus))}",
             "sizes": {
                 "train": sum(len(r["train"]) for r in regimes),
@@ -178,14 +183,8 @@ def run_continual(
             },
             "unit": "windows",
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
     results: dict[str, Any] = {
         "task": "continual",
         "recipe": recipe.name,
@@ -207,10 +206,4 @@ def run_continual(
         results["curves"][name] = res.pop("curve")
         results["models"][name] = res
         results["params"][name] = count_parameters(model)
-    on_event("evaluate", {"models": list(results["models"])})
-    atomic_write_json(out / "metrics.json", json_safe(results))
-    on_event("report", {})
-    from .report import build_report
-
-    build_report(out)
-    return results
+    return close_run(out, results, on_event)

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
 from .build import count_parameters
 from .config import LMModelConfig, LMRecipe
 from .data.chars import CharCorpus, char_corpus, pydoc_text, read_text
@@ -124,27 +123,25 @@ def run_lm(
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
     """Train and judge every model of the recipe into ``out``; returns metrics.json's content."""
-    from .pipeline import fit_in_run
+    from .pipeline import close_run, fit_model, open_run
 
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     corpus = load_corpus(recipe)  # bad data fails before anything is written
-    on_event(
-        "data",
-        {
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": recipe.data.source if recipe.data.source == "pydoc" else recipe.data.path,
             "sizes": {"train": len(corpus.train), "val": len(corpus.val), "test": 0},
             "unit": "characters",
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
     results: dict[str, Any] = {
         "task": "lm",
         "recipe": recipe.name,
@@ -167,7 +164,7 @@ def run_lm(
         task = LMTask(
             model, corpus, context=recipe.data.context, batch_size=recipe.train.batch_size
         )
-        summary = fit_in_run(
+        results["train"][name] = fit_model(
             task,
             recipe.train,
             name=name,
@@ -176,16 +173,6 @@ def run_lm(
             recipe_name=recipe.name,
             on_event=on_event,
         )
-        results["train"][name] = {
-            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
-        }
-        on_event("train_end", {"model": name, **results["train"][name]})
         results["params"][name] = count_parameters(model)
         results["models"][name] = {"bpc": task.bpc()}
-    on_event("evaluate", {"models": list(results["models"])})
-    atomic_write_json(out / "metrics.json", json_safe(results))
-    on_event("report", {})
-    from .report import build_report
-
-    build_report(out)
-    return results
+    return close_run(out, results, on_event)

@@ -162,6 +162,59 @@ def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories])
 # ------------------------------------------------------------------------ run
 
 
+def open_run(
+    recipe: Any,
+    out: Path,
+    *,
+    resume: bool,
+    command: str,
+    on_event: EventFn,
+    data: dict[str, Any],
+) -> None:
+    """Announce the loaded data (``data`` event) and create the run directory with its
+    ``config.yaml`` (not on resume) and ``command.txt`` line. Jobs call it once their
+    data has loaded, so bad data never leaves a half-made directory."""
+    on_event("data", {**data, "out": str(out)})
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    if command:
+        append_line(out / "command.txt", command)
+
+
+def close_run(out: Path, results: dict[str, Any], on_event: EventFn) -> dict[str, Any]:
+    """Write ``metrics.json`` (atomically) and the report; return ``results``."""
+    on_event("evaluate", {"models": list(results.get("models", {}))})
+    atomic_write_json(out / "metrics.json", json_safe(results))
+    on_event("report", {})
+    from .report import build_report
+
+    build_report(out)
+    return results
+
+
+TRAIN_KEYS = ("steps", "skipped_steps", "seconds", "resumed_from")
+
+
+def fit_model(
+    task: Any,
+    train: TrainConfig,
+    *,
+    name: str,
+    seed: int,
+    out: Path,
+    recipe_name: str,
+    on_event: EventFn,
+) -> dict[str, Any]:
+    """:func:`fit_in_run` plus the ``train_end`` event; the summary's usual keys."""
+    summary = fit_in_run(
+        task, train, name=name, seed=seed, out=out, recipe_name=recipe_name, on_event=on_event
+    )
+    result = {k: summary[k] for k in TRAIN_KEYS}
+    on_event("train_end", {"model": name, **result})
+    return result
+
+
 def fit_in_run(
     task: Any,
     train: TrainConfig,

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
 from .build import count_parameters
 from .config import RecallModelConfig, RecallRecipe
 from .data.recall import RecallSet, RecallVocab, recall_set
@@ -134,15 +133,19 @@ def run_recall(
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
     """Train and judge both models into ``out``; returns metrics.json's content."""
-    from .pipeline import fit_in_run
+    from .pipeline import close_run, fit_model, open_run
 
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     tests = test_sets(recipe)
-    on_event(
-        "data",
-        {
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": "associative recall",
             "sizes": {
                 "train": recipe.train.steps * recipe.train.batch_size,
@@ -151,14 +154,8 @@ def run_recall(
             },
             "unit": "sequences",
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
     d = recipe.data
     results: dict[str, Any] = {
         "task": "recall",
@@ -178,7 +175,7 @@ def run_recall(
         torch.manual_seed(recipe.seed + index)
         model = build_recall_model(name, m, recipe)
         task = RecallTask(model, recipe)
-        summary = fit_in_run(
+        results["train"][name] = fit_model(
             task,
             recipe.train,
             name=name,
@@ -187,17 +184,7 @@ def run_recall(
             recipe_name=recipe.name,
             on_event=on_event,
         )
-        results["train"][name] = {
-            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
-        }
-        on_event("train_end", {"model": name, **results["train"][name]})
         accuracy = {str(mult): task.accuracy(t) for mult, t in tests.items()}
         results["params"][name] = count_parameters(model)
         results["models"][name] = {"accuracy_4x": accuracy[str(4.0)], "accuracy": accuracy}
-    on_event("evaluate", {"models": list(results["models"])})
-    atomic_write_json(out / "metrics.json", json_safe(results))
-    on_event("report", {})
-    from .report import build_report
-
-    build_report(out)
-    return results
+    return close_run(out, results, on_event)

@@ -18,12 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
 from .build import count_parameters
 from .config import SequenceRecipe
 from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
 from .nn.seqmodel import SequenceModel
-from .pipeline import fit_in_run
+from .pipeline import close_run, fit_model, open_run
 from .train.tasks import ClassifyTask
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -206,21 +205,19 @@ def run_sequence(
     started = time.perf_counter()
     splits = load_splits(recipe)  # bad data fails before anything is written
     train = splits["train"]
-    on_event(
-        "data",
-        {
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": recipe.data.kind,
             "sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
             "unit": "sequences",
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
     inits = model_inits(recipe)
     d_in, classes = int(train.x.shape[-1]), train.classes
 
@@ -245,7 +242,7 @@ def run_sequence(
         torch.manual_seed(recipe.seed)  # equal seeds: the twins differ by their init only
         model = build_sequence_model(recipe, d_in, classes, init, steps=int(train.x.shape[1]))
         task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size)
-        summary = fit_in_run(
+        results["train"][name] = fit_model(
             task,
             recipe.train,
             name=name,
@@ -255,20 +252,10 @@ def run_sequence(
             on_event=on_event,
         )
         model.eval()
-        results["train"][name] = {
-            k: summary[k] for k in ("steps", "skipped_steps", "seconds", "resumed_from")
-        }
-        on_event("train_end", {"model": name, **results["train"][name]})
         results["params"][name] = count_parameters(model)
         results["models"][name] = task.scores("test")
         if recipe.compress.sparsities:
             results.setdefault("compression", {})[name] = compress_own(
                 recipe, name, model, splits, index, results["models"][name], out, on_event
             )
-    on_event("evaluate", {"models": list(inits)})
-    atomic_write_json(out / "metrics.json", json_safe(results))
-    on_event("report", {})
-    from .report import build_report
-
-    build_report(out)
-    return results
+    return close_run(out, results, on_event)

@@ -325,13 +325,7 @@ def _html(run: page._Run, figures: list[page._Figure]) -> str:
     for key in ("n4sid_skipped",):
         if m.get(key):
             parts.append(f"<p class='note'>{page._e(m[key])}</p>")
-    parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
-    return (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{page._e(title)}</title>\n<style>{page._CSS}</style>\n</head>\n"
-        f"<body>\n<main>\n{chr(10).join(parts)}\n</main>\n</body>\n</html>\n"
-    )
+    return page.document(title, parts)
 
 
 def build_classical_report(run: page._Run):

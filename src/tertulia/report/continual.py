@@ -121,11 +121,4 @@ def build_continual_report(run: page._Run):
         parts.append("<section><h2>Figures</h2>")
         parts.extend(page._figure_html(f) for f in figures)
         parts.append("</section>")
-    parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
-    html = (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{page._e(title)}</title>\n<style>{page._CSS}</style>\n</head>\n"
-        f"<body>\n<main>\n{chr(10).join(parts)}\n</main>\n</body>\n</html>\n"
-    )
-    return atomic_write_text(run.root / page.REPORT_FILE, html)
+    return atomic_write_text(run.root / page.REPORT_FILE, page.document(title, parts))

@@ -967,14 +967,21 @@ def _page(
 
         parts.append(compression_section(run.root, compression))
 
-    parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
-    body = "\n".join(parts)
+    return document(title, parts)
+
+
+def document(title: str, parts: Sequence[str], *, css: str = "") -> str:
+    """The whole page: ``parts`` (HTML fragments, empty ones dropped) then the footer."""
+    body = "\n".join(p for p in (*parts, _FOOTER) if p)
     return (
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<title>{_e(title)}</title>\n<style>{_CSS}{css}</style>\n</head>\n"
         f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
+
+
+_FOOTER = "<footer>Rebuilt from the run directory by tertulia.report.</footer>"
 
 
 def _recall_distance(run: _Run) -> _Figure | None:

@@ -577,14 +577,7 @@ def _html(run: page._Run, figures: Mapping[str, page._Figure]) -> str:
         parts.append(
             "<section><h2>Data</h2>" + page._key_value_table(data, css="data") + "</section>"
         )
-    parts.append("<footer>Rebuilt from the run directory by tertulia.report.</footer>")
-    body = "\n".join(p for p in parts if p)
-    return (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{page._e(title)}</title>\n<style>{page._CSS}{_EXTRA_CSS}</style>\n</head>\n"
-        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
+    return page.document(title, parts, css=_EXTRA_CSS)
 
 
 _FIGURES: tuple[Callable[[Mapping[str, Any]], page._Figure | None], ...] = (
