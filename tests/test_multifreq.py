@@ -151,3 +151,23 @@ def test_continual_run_fills_the_contract_and_reports(tmp_path):
     assert (tmp_path / "c" / "continual_matrix.png").is_file()
     bad = runner.invoke(app, ["run", "continual", "--set", "nus=[0.1]"])
     assert bad.exit_code == 2 and "two regimes" in bad.output
+
+
+@pytest.mark.parametrize("period", [1, 3, 4])
+def test_online_cms_level_learns_only_at_multiples_of_its_period(period):
+    """A token's write reaches later reads only once its level's chunk of C tokens closes."""
+    from tertulia.nn.memory import OnlineContinuumMemory
+
+    torch.manual_seed(0)
+    cms = OnlineContinuumMemory(8, periods=(period,))
+    x = torch.randn(1, 13, 8)
+    base = cms(x).detach()
+    for s in range(12):
+        bumped = x.clone()
+        bumped[0, s] += torch.randn(8)  # not a constant: the level norm would remove it
+        moved = (cms(bumped).detach() - base).abs().amax(-1)[0] > 1e-7  # (13,)
+        closes = (s // period + 1) * period  # first token that reads the chunk holding s
+        for t in range(s + 1, 13):
+            assert bool(moved[t]) == (t >= closes), (s, t, period)
+    with pytest.raises(ValueError, match="periods"):
+        OnlineContinuumMemory(8, periods=())

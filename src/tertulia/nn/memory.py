@@ -81,3 +81,36 @@ class ContinuumMLP(nn.Module):
         for level, c in zip(self.levels, self.periods, strict=True):
             groups.append({"params": list(level.parameters()), "period": c})
         return [{**g, **options} for g in groups]
+
+
+class OnlineContinuumMemory(nn.Module):
+    """CMS as a memory that keeps learning at test time: a chain of Titans memories
+    (:class:`tertulia.nn.titans.NeuralMemory`) whose level ℓ is written once every C^(ℓ)
+    tokens with the (clipped, gated) gradients accumulated over its chunk — the chunked
+    form of the Titans update with ``chunk = C^(ℓ)`` — and read with the memory as its
+    chunk began:
+
+        h ← h + M^(ℓ)(LN h)     for ℓ = 1 … k,   M^(ℓ) updated at tokens C^(ℓ), 2C^(ℓ), …
+
+    ``forward(x, state)`` carries every level's fast weights across calls.
+    """
+
+    def __init__(self, d: int, *, periods: Sequence[int] = (1, 4, 16), **memory: Any):
+        super().__init__()
+        from .titans import NeuralMemory
+
+        if not periods or min(periods) < 1:
+            raise ValueError(f"periods must be one or more integers >= 1, got {list(periods)}")
+        self.periods = [int(c) for c in periods]
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in self.periods)
+        self.levels = nn.ModuleList(NeuralMemory(d, chunk=c, **memory) for c in self.periods)
+
+    def forward(
+        self, x: torch.Tensor, state: list[Any] | None = None, *, return_state: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[Any]]:
+        h, states = x, []
+        for i, (norm, level) in enumerate(zip(self.norms, self.levels, strict=True)):
+            y, st = level(norm(h), None if state is None else state[i], return_state=True)
+            h = h + y
+            states.append(st)
+        return (h, states) if return_state else h
