@@ -162,8 +162,6 @@ def run_continual(
 
     The job takes minutes and keeps no checkpoints: ``--resume`` runs it again.
     """
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     regimes = load_regimes(recipe)  # bad data fails before anything is written
     from .pipeline import close_run, open_run

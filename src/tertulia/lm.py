@@ -125,8 +125,6 @@ def run_lm(
     """Train and judge every model of the recipe into ``out``; returns metrics.json's content."""
     from .pipeline import close_run, fit_model, open_run
 
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     corpus = load_corpus(recipe)  # bad data fails before anything is written
     open_run(

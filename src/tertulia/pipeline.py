@@ -171,9 +171,12 @@ def open_run(
     on_event: EventFn,
     data: dict[str, Any],
 ) -> None:
-    """Announce the loaded data (``data`` event) and create the run directory with its
-    ``config.yaml`` (not on resume) and ``command.txt`` line. Jobs call it once their
-    data has loaded, so bad data never leaves a half-made directory."""
+    """Set ``train.threads``, announce the loaded data (``data`` event) and create the run
+    directory with its ``config.yaml`` (not on resume) and ``command.txt`` line. Jobs call
+    it once their data has loaded, so bad data never leaves a half-made directory."""
+    threads = getattr(getattr(recipe, "train", None), "threads", None)
+    if threads:
+        torch.set_num_threads(threads)
     on_event("data", {**data, "out": str(out)})
     out.mkdir(parents=True, exist_ok=True)
     if not resume:

@@ -135,8 +135,6 @@ def run_recall(
     """Train and judge both models into ``out``; returns metrics.json's content."""
     from .pipeline import close_run, fit_model, open_run
 
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     tests = test_sets(recipe)
     open_run(

@@ -200,8 +200,6 @@ def run_sequence(
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
     """Train and judge the recipe's models into ``out``; returns metrics.json's content."""
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     started = time.perf_counter()
     splits = load_splits(recipe)  # bad data fails before anything is written
     train = splits["train"]

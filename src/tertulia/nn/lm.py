@@ -171,22 +171,6 @@ def hope_lm(
     return model
 
 
-def hope_period_groups(model: TokenLM, **options: object) -> list[dict[str, object]]:
-    """Optimiser groups of a HOPE model: level ℓ of every block at period C^(ℓ), the rest at 1."""
-    periods: list[int] = list(getattr(model, "periods", []))
-    by_period: dict[int, list[nn.Parameter]] = {}
-    in_levels: set[int] = set()
-    for block in model.blocks:
-        for level, c in zip(block.levels, periods, strict=True):
-            for p in level.parameters():
-                by_period.setdefault(c, []).append(p)
-                in_levels.add(id(p))
-    rest = [p for p in model.parameters() if id(p) not in in_levels]
-    groups = [{"params": rest, "period": 1, **options}]
-    groups += [{"params": ps, "period": c, **options} for c, ps in sorted(by_period.items())]
-    return groups
-
-
 class TokenShift(nn.Module):
     """``inner(W [h_{t−1}; h_t])``: each position also sees its predecessor (h_{−1} = 0), so a
     memory written at token t can bind the previous token (a key) to this one (its value)."""
