@@ -88,6 +88,17 @@ def test_bpc_of_a_uniform_model_is_log2_of_the_vocabulary():
     assert batch.shape == (4, 65)
 
 
+def test_hope_levels_carry_their_update_period():
+    from tertulia.config import LMModelConfig
+    from tertulia.lm import build_lm
+
+    model = build_lm("hope", LMModelConfig(d=8, layers=2, periods=[1, 4]), 11, 16)
+    slow = [p for p in model.parameters() if getattr(p, "_optim", {}).get("period") == 4]
+    per_level = sum(p.numel() for p in model.blocks[0].levels[1].parameters())
+    assert sum(p.numel() for p in slow) == 2 * per_level  # level 2 of both blocks
+    assert model(torch.randint(11, (2, 9))).shape == (2, 9, 11)
+
+
 def test_lm_run_trains_and_reports_bpc(tmp_path):
     runner = CliRunner()
     result = runner.invoke(
@@ -98,7 +109,8 @@ def test_lm_run_trains_and_reports_bpc(tmp_path):
             "--out",
             str(tmp_path / "lm"),
             "--set",
-            "models={transformer: {d: 16, layers: 1, heads: 2}, mamba: {d: 16, layers: 1}}",
+            "models={transformer: {d: 16, layers: 1, heads: 2}, mamba: {d: 16, layers: 1}, "
+            "hope: {d: 16, layers: 1, periods: [1, 2], chunk: 4}}",
             "--set",
             "train.steps=6",
             "--set",
@@ -107,7 +119,7 @@ def test_lm_run_trains_and_reports_bpc(tmp_path):
     )
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "lm" / "metrics.json").read_text())
-    assert set(m["models"]) == {"transformer", "mamba"}
+    assert set(m["models"]) == {"transformer", "mamba", "hope"}
     assert all(0 < row["bpc"] < 8 for row in m["models"].values())
     bad = runner.invoke(app, ["run", "hope-lm", "--set", "data.source=file"])
     assert bad.exit_code == 2 and "data.path" in bad.output

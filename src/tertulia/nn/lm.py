@@ -166,9 +166,7 @@ def hope_lm(
         Block(d, TokenShift(d, memory()), levels=[Level(d, level_mult * d) for _ in periods])
         for _ in range(layers)
     ]
-    model = TokenLM(vocab, d, blocks)
-    model.periods = list(periods)  # type: ignore[assignment]
-    return model
+    return TokenLM(vocab, d, blocks)
 
 
 class TokenShift(nn.Module):
