@@ -44,6 +44,7 @@ import torch
 from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
+from . import distributed
 from .blocks import BlockFreezer
 from .checkpoint import (
     has_checkpoint,
@@ -207,6 +208,7 @@ class Trainer:
 
                 # continuum memory: groups tagged {"period": C} step every C calls
                 self.optimizer = MultiFrequency(self.optimizer)
+        self.ddp = distributed.wrap(self.model)  # the model itself unless torch.distributed runs
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
             self.ema = {k: p.detach().clone() for k, p in self.model.named_parameters()}
@@ -240,6 +242,9 @@ class Trainer:
     def save(self) -> None:
         if self.checkpoint_dir is None:
             return
+        if not distributed.is_main():  # rank 0 writes; the others wait until it is whole
+            distributed.barrier()
+            return
         opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
         train_state = {f"optim.{k}": v for k, v in opt_tensors.items()}
         train_state["rng.torch"] = torch.get_rng_state()
@@ -258,10 +263,13 @@ class Trainer:
             "best": self.best if math.isfinite(self.best) else None,
         }
         save_checkpoint(self.checkpoint_dir, step=self.step, groups=groups, meta=meta)
+        distributed.barrier()
 
     def _save_best(self, score: float) -> None:
         self.best = score
         assert self.checkpoint_dir is not None
+        if not distributed.is_main():
+            return
         save_checkpoint(
             self.checkpoint_dir / "best",
             step=self.step,
@@ -315,7 +323,7 @@ class Trainer:
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.log_path is None:
+        if self.log_path is None or not distributed.is_main():
             return
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -346,17 +354,23 @@ class Trainer:
             lr = learning_rate(self.step, cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            batch = self.task.sample_batch(self.generator)
+            batch = self.task.sample_batch(self.generator)  # the same global batch on every rank
+            if self.ddp is not self.model:
+                batch = distributed.shard(batch, distributed.rank(), distributed.world_size())
+                self.task.model = self.ddp  # the forward goes through DDP's gradient hooks
             measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
             meter = SavedTensorMeter(self.params) if measure else None
-            with meter.hooks() if meter else nullcontext():
-                loss, logs = self.task.loss(batch, step=self.step + 1)
+            try:
+                with meter.hooks() if meter else nullcontext():
+                    loss, logs = self.task.loss(batch, step=self.step + 1)
+            finally:
+                self.task.model = self.model
             if meter is not None:
                 logs["activation_mb"] = meter.megabytes
                 self.stats["peak_activation_mb"] = max(
                     self.stats["peak_activation_mb"], meter.megabytes
                 )
-            ok = bool(torch.isfinite(loss))
+            ok = distributed.all_true(bool(torch.isfinite(loss)))  # every rank skips together
             if ok:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
