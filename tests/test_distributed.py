@@ -110,3 +110,47 @@ def test_shard_cuts_every_tensor_of_a_batch():
     assert shard((torch.zeros(4), 5), 0, 2)[1] == 5
     with pytest.raises(ValueError, match="divisible"):
         shard(torch.zeros(5), 0, 2)
+
+
+def test_run_with_two_processes_matches_one_through_the_cli(tmp_path):
+    """``tertulia run --nproc 2`` (torch's elastic launcher, gloo) gives the one-process run."""
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from tertulia.cli import app
+
+    from .conftest import TINY
+
+    sets = [a for s in [*TINY, "train.batch_size=8"] for a in ("--set", s)]
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tertulia",
+            "run",
+            "burgers",
+            "--nproc",
+            "2",
+            "--out",
+            str(two),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    one = tmp_path / "one"
+    result = CliRunner().invoke(app, ["run", "burgers", "--out", str(one), *sets])
+    assert result.exit_code == 0, result.output
+    m2 = json.loads((two / "metrics.json").read_text())["models"]
+    m1 = json.loads((one / "metrics.json").read_text())["models"]
+    for name in ("orchestra", "mlp"):
+        assert m2[name]["nrmse_1step"] == pytest.approx(m1[name]["nrmse_1step"], rel=1e-5)
+    assert "--nproc 2" in (two / "command.txt").read_text()

@@ -21,13 +21,27 @@ def _umask() -> int:
     return mask
 
 
+def secondary_rank() -> bool:
+    """True in the ranks > 0 of a ``torch.distributed`` run: they write no files."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` then atomically move ``tmp_path`` onto ``path``.
 
     The file gets ordinary permissions (0666 minus the umask), not the 0600
-    of ``mkstemp``, so reports and checkpoints can be shared.
+    of ``mkstemp``, so reports and checkpoints can be shared. In ranks > 0 of a
+    distributed run nothing is written: rank 0 owns the run directory.
     """
     path = Path(path)
+    if secondary_rank():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -7,6 +7,7 @@ as one line ``error: …`` on stderr with exit code 2 (a traceback only with
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -251,6 +252,15 @@ def run(
             "(compress-mnist, seq-digits), the two CSVs for velora.",
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Data-parallel worker processes (torch.distributed: gloo on CPU, NCCL on "
+            "GPU); the global batch is split between them.",
+        ),
+    ] = 1,
     phase: Annotated[
         str,
         typer.Option(
@@ -266,6 +276,7 @@ def run(
     def _run() -> None:
         from . import config, pipeline
 
+        worker = _init_worker()
         if resume is not None:
             if out is not None:
                 raise RunDirError("--resume continues a run in place; drop --out")
@@ -287,7 +298,9 @@ def run(
                 target = pipeline.fresh_run_dir(Path("runs") / rec.name)
             else:
                 target = out
-                if target.exists() and (not target.is_dir() or any(target.iterdir())):
+                if worker:  # the launcher checked it; rank 0 may already be writing
+                    pass
+                elif target.exists() and (not target.is_dir() or any(target.iterdir())):
                     what = "holds a run" if pipeline.is_run_dir(target) else "is not empty"
                     raise RunDirError(
                         f"{target} {what}; continue it with --resume {target} "
@@ -303,15 +316,21 @@ def run(
                 words += ["--data-dir", str(data_dir)]
         if phase != "all":
             words += ["--phase", phase]
+        if nproc > 1 and not worker:
+            _launch(words, nproc)  # the workers come back here, in the branch below
+            return
+        if worker:
+            words += ["--nproc", os.environ.get("WORLD_SIZE", "1")]
         command = "tertulia " + shlex.join(words)
         progress = _progress()
+        quiet = worker and _rank() != 0
         try:
             metrics = pipeline.run(
                 rec,
                 target,
                 resume=resume is not None,
                 command=command,
-                on_event=_ProgressEvents(progress),
+                on_event=_noop_event if quiet else _ProgressEvents(progress),
                 phase=phase,
             )
         except KeyboardInterrupt:
@@ -327,10 +346,51 @@ def run(
         finally:
             if progress.live.is_started:
                 progress.stop()
+        if quiet:
+            return
         _print_metrics(metrics)
         out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _run)
+
+
+def _noop_event(event: str, payload: dict[str, Any]) -> None:
+    pass
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _init_worker() -> bool:
+    """In a process started by ``--nproc`` (or torchrun): join the process group; True then."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def _launch(words: list[str], nproc: int) -> None:
+    """Start ``nproc`` workers running ``tertulia <words>`` with torch's elastic launcher
+    (what ``torchrun --nproc-per-node N -m tertulia …`` does); wait for them."""
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as elastic_run
+
+    args = get_args_parser().parse_args(
+        ["--nproc-per-node", str(nproc), "--module", "tertulia", *words]
+    )
+    try:
+        elastic_run(args)
+    except Exception as exc:  # ChildFailedError: the workers printed their own error
+        raise UserError(
+            f"a worker process failed ({type(exc).__name__}); see its output above"
+        ) from None
 
 
 @app.command()

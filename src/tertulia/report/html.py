@@ -1024,6 +1024,10 @@ def build_report(run_dir: Path) -> Path:
     Raises :class:`~tertulia.errors.RunDirError` when ``run_dir`` has no readable
     ``metrics.json`` or a corrupt ``examples.safetensors``.
     """
+    from .._io import secondary_rank
+
+    if secondary_rank():  # rank 0 of a distributed run writes the report
+        return Path(run_dir) / REPORT_FILE
     run = _load_run(Path(run_dir))
     if run.metrics.get("task") in ("series", "island"):
         from .classical import build_classical_report
