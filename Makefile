@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scan.py
 	$(BIN)/python benchmarks/seq_mnist.py
 	$(BIN)/python benchmarks/compress.py
+	$(BIN)/python benchmarks/ddp.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -95,8 +95,10 @@ def shard(batch: Any, r: int, n: int) -> Any:
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """``DistributedDataParallel(model)`` when distributed, else ``model`` itself.
 
-    ``find_unused_parameters`` is on: staged training freezes groups, and some
-    models leave parameters out of a step's graph."""
+    ``find_unused_parameters`` is on: some models leave parameters out of a step's
+    graph. It costs a graph traversal per step (``benchmarks/ddp.py`` measures the
+    total); ``static_graph`` would skip it but gave ranks that drift apart from the
+    one-process run on the Burgers recipe, so it stays off."""
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel
