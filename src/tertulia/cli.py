@@ -394,6 +394,72 @@ def _launch(words: list[str], nproc: int) -> None:
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="A shipped recipe name or a YAML path.")],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", "-g", help="KEY=V1,V2,… values to try (repeatable; crossed)."),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="Repeats of every grid point (seeds).")
+    ] = 1,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="Dotted path in metrics.json (default: the task's main)."),
+    ] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="auto, min or max: which way the metric is better.")
+    ] = "auto",
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="A Ray cluster to run on (default: this machine)."),
+    ] = None,
+    cpus: Annotated[
+        int | None, typer.Option("--cpus", min=1, help="Local mode: CPUs for Ray (default: all).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep directory (default sweeps/<recipe>).")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a grid of recipe overrides as parallel trials on Ray Tune; summarise the metric."""
+
+    def _sweep() -> None:
+        from . import pipeline
+        from .sweep import parse_grid, run_sweep
+
+        name = Path(recipe).stem
+        target = out or pipeline.fresh_run_dir(Path("sweeps") / name)
+        with console.status("running trials on Ray Tune …"):
+            res = run_sweep(
+                recipe,
+                parse_grid(grid or []),
+                target,
+                trials=trials,
+                metric=metric,
+                mode=mode,
+                address=address,
+                cpus=cpus,
+            )
+        table = Table(title=f"sweep — {recipe} ({res['metric']})")
+        for col in ("trial", "overrides", res["metric"], "seconds"):
+            table.add_column(col, justify="right" if col != "overrides" else "left")
+        for row in res["rows"]:
+            table.add_row(
+                row["trial"],
+                " ".join(row["sets"]),
+                "failed: " + row["error"] if "error" in row else _number(row.get("metric")),
+                _number(row.get("seconds")),
+            )
+        out_console.print(table)
+        if res["best"]:
+            out_console.print(f"best: {res['best']['trial']} {' '.join(res['best']['sets'])}")
+        out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
+
+    _guard(debug, _sweep)
+
+
+@app.command()
 def recipes() -> None:
     """List the shipped recipes with a one-line description."""
     from .config import recipe_description, shipped_recipes

@@ -1,0 +1,276 @@
+"""``tertulia sweep``: a grid of recipe overrides run as parallel trials on Ray Tune.
+
+Every point of the grid (the cross product of the ``--grid key=v1,v2`` lists),
+repeated ``trials`` times with seeds ``seed, seed+1, …``, is one trial: a whole
+``tertulia run`` of the recipe with those ``--set`` overrides, in its own run
+directory ``OUT/trial-NNN``. Ray Tune schedules the trials (one CPU each) on
+this machine (local mode) or on a Ray cluster (``address``); a trial that fails
+is reported with its error and the sweep goes on. The summary (``sweep.json``,
+a table and a plot of the metric across trials, ``report.html``) is written
+when all trials are done.
+
+The metric is the recipe's main one unless ``metric`` (a dotted path into the
+trial's metrics.json, e.g. ``models.mlp.nrmse_1step``) says otherwise:
+
+============  =====================================  ======
+task          metric                                 better
+============  =====================================  ======
+forecast      models.orchestra.nrmse_1step           lower
+sequence      models.<first>.accuracy                higher
+velora        models.velora.mixed_score              higher
+continual     models.cms.forgetting                  lower
+recall        models.<first>.accuracy_4x             higher
+lm            models.<first>.bpc                     lower
+============  =====================================  ======
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe
+from .errors import ConfigError, UserError
+
+LOWER = {
+    "forecast": True,
+    "sequence": False,
+    "velora": False,
+    "continual": True,
+    "recall": False,
+    "lm": True,
+}
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["model.d=32,64", …]`` → ``{"model.d": ["32", "64"], …}`` (ConfigError if malformed)."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,…, e.g. model.d=32,64")
+        if key in grid:
+            raise ConfigError(f"--grid names {key} twice; give all its values in one --grid")
+        grid[key] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+def trial_sets(grid: dict[str, list[str]], trials: int, seed: int) -> list[list[str]]:
+    """The ``--set`` assignments of every trial: grid points × repeats (seeds)."""
+    keys = list(grid)
+    points = list(itertools.product(*(grid[k] for k in keys))) if keys else [()]
+    out = []
+    for point in points:
+        for rep in range(trials):
+            sets = [f"{k}={v}" for k, v in zip(keys, point, strict=True)]
+            if trials > 1:
+                sets.append(f"seed={seed + rep}")
+            out.append(sets)
+    return out
+
+
+def main_metric(task: str, metrics: dict[str, Any]) -> tuple[str, float]:
+    """The task's main metric path and value in a run's metrics.json."""
+    models = metrics.get("models") or {}
+    first = next(iter(models), None)
+    paths = {
+        "forecast": "models.orchestra.nrmse_1step",
+        "sequence": f"models.{first}.accuracy",
+        "velora": "models.velora.mixed_score",
+        "continual": "models.cms.forgetting",
+        "recall": f"models.{first}.accuracy_4x",
+        "lm": f"models.{first}.bpc",
+    }
+    if task not in paths:
+        raise ConfigError(f"a {task} recipe has no training metric to sweep over")
+    return paths[task], lookup(metrics, paths[task])
+
+
+def lookup(metrics: dict[str, Any], path: str) -> float:
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"{path} is not in the trial's metrics.json")
+        node = node[part]
+    return float(node)
+
+
+def _trial(space: dict[str, Any]) -> None:
+    """One Ray trial: ``tertulia run`` of the recipe with the trial's overrides."""
+    import torch
+
+    from . import config as cfg
+    from . import pipeline
+
+    config = space["trial"]
+    torch.set_num_threads(1)
+    recipe = cfg.load_recipe(config["recipe"], config["sets"])
+    out = Path(config["out"])
+    t0 = time.perf_counter()
+    metrics = pipeline.run(recipe, out, command="tertulia sweep trial " + " ".join(config["sets"]))
+    if config["metric"]:
+        name, value = config["metric"], lookup(metrics, config["metric"])
+    else:
+        name, value = main_metric(recipe.task, metrics)
+    from ray import tune
+
+    tune.report({"metric": value, "metric_name": name, "seconds": time.perf_counter() - t0})
+
+
+def run_sweep(
+    recipe_name: str,
+    grid: dict[str, list[str]],
+    out: Path,
+    *,
+    trials: int = 1,
+    metric: str | None = None,
+    mode: str = "auto",
+    address: str | None = None,
+    cpus: int | None = None,
+) -> dict[str, Any]:
+    """Run every trial with Ray Tune; write and return the summary."""
+    from . import config as cfg
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if mode not in ("auto", "min", "max"):
+        raise ConfigError(f"--mode must be auto, min or max, got {mode!r}")
+    base = cfg.load_recipe(recipe_name, [])
+    if metric is None and base.task not in LOWER:
+        raise ConfigError(f"a {base.task} recipe has no training metric to sweep over")
+    all_sets = trial_sets(grid, trials, base.seed)
+    for sets in all_sets:  # bad keys or values fail now, before any trial starts
+        cfg.load_recipe(recipe_name, sets)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose another --out")
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise UserError("sweeps need Ray Tune: pip install 'tertulia[sweep]'") from None
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    started = ray.is_initialized()
+    if not started:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        elif cpus:
+            kwargs["num_cpus"] = cpus
+        ray.init(**kwargs)
+    try:
+        configs = [
+            {
+                "recipe": recipe_name,
+                "sets": sets,
+                "out": str(out / f"trial-{i:03d}"),
+                "metric": metric,
+            }
+            for i, sets in enumerate(all_sets)
+        ]
+        tuner = tune.Tuner(
+            tune.with_resources(_trial, {"cpu": 1}),
+            param_space={"trial": tune.grid_search(configs)},
+            tune_config=tune.TuneConfig(num_samples=1),
+            run_config=tune.RunConfig(
+                storage_path=str(out / "ray"),
+                name="sweep",
+                failure_config=tune.FailureConfig(fail_fast=False),
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
+    finally:
+        if not started:
+            ray.shutdown()
+    rows = []
+    for result in results:
+        conf = result.config["trial"] if result.config else {}
+        row: dict[str, Any] = {
+            "trial": Path(conf.get("out", "?")).name,
+            "sets": conf.get("sets", []),
+            "out": conf.get("out"),
+        }
+        if result.error is not None:
+            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+        else:
+            m = result.metrics or {}
+            row.update(
+                metric=m.get("metric"), metric_name=m.get("metric_name"), seconds=m.get("seconds")
+            )
+        rows.append(row)
+    rows.sort(key=lambda r: r["trial"])
+    names = {r.get("metric_name") for r in rows if r.get("metric_name")}
+    name = metric or (names.pop() if len(names) == 1 else "metric")
+    if mode == "auto":
+        lower = (
+            LOWER.get(base.task, True)
+            if metric is None
+            else not metric.endswith(("accuracy", "score", "accuracy_4x"))
+        )
+    else:
+        lower = mode == "min"
+    done = [r for r in rows if "error" not in r and r.get("metric") is not None]
+    best = (min if lower else max)(done, key=lambda r: r["metric"]) if done else None
+    summary = {
+        "task": "sweep",
+        "recipe": recipe_name,
+        "grid": grid,
+        "trials_per_point": trials,
+        "metric": name,
+        "lower_is_better": lower,
+        "rows": rows,
+        "failed": sum("error" in r for r in rows),
+        "best": best,
+    }
+    atomic_write_json(out / "sweep.json", json_safe(summary))
+    _report(out, summary)
+    return summary
+
+
+def _report(out: Path, summary: dict[str, Any]) -> None:
+    from .report import html as page
+    from .report import plots
+
+    rows = summary["rows"]
+    done = [r for r in rows if "error" not in r and r.get("metric") is not None]
+    parts = [f"<h1>{page._e('tertulia sweep: ' + summary['recipe'])}</h1>"]
+    table = "".join(
+        f"<tr><th scope='row'>{page._e(r['trial'])}</th><td>{page._e(' '.join(r['sets']))}</td>"
+        f"<td>{page._e(page._format_value(r.get('metric')) if 'error' not in r else 'failed')}"
+        f"</td><td>{page._e(r.get('error', ''))}</td></tr>"
+        for r in rows
+    )
+    parts.append(
+        "<section><h2>Trials</h2><table class='metrics'><thead><tr><th>trial</th>"
+        f"<th>overrides</th><th>{page._e(summary['metric'])}</th><th>error</th></tr></thead>"
+        f"<tbody>{table}</tbody></table></section>"
+    )
+    if done:
+        fig = plots._new_figure(6.0, 3.0)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.bar(range(len(done)), [r["metric"] for r in done])
+        ax.set_xticks(
+            range(len(done)),
+            [" ".join(r["sets"]) for r in done],
+            rotation=30,
+            ha="right",
+            fontsize=6,
+        )
+        ax.set_ylabel(summary["metric"])
+        figure = page._Figure(
+            "sweep",
+            "Metric across trials",
+            f"{summary['metric']} of every finished trial "
+            f"({'lower' if summary['lower_is_better'] else 'higher'} is better).",
+            plots.figure_png(fig),
+        )
+        atomic_write_bytes(out / "sweep.png", figure.png)
+        parts.append("<section><h2>Figure</h2>" + page._figure_html(figure) + "</section>")
+    atomic_write_text(out / page.REPORT_FILE, page.document(f"sweep {summary['recipe']}", parts))
