@@ -102,6 +102,17 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
         torch.testing.assert_close(task.model.state_dict()[key], value, rtol=1e-5, atol=1e-5)
 
 
+def test_a_batch_that_does_not_split_is_refused_before_any_worker_starts(tmp_path):
+    from typer.testing import CliRunner
+
+    from tertulia.cli import app
+
+    out = tmp_path / "r"
+    result = CliRunner().invoke(app, ["run", "smoke", "--nproc", "3", "--out", str(out)])
+    assert result.exit_code == 2 and "--nproc 3 must divide" in result.output
+    assert not out.exists()
+
+
 def test_shard_cuts_every_tensor_of_a_batch():
     batch = LabelledBatch(x=torch.arange(12.0).view(6, 2), y=torch.arange(6))
     part = shard(batch, 1, 3)

@@ -316,6 +316,12 @@ def run(
                 words += ["--data-dir", str(data_dir)]
         if phase != "all":
             words += ["--phase", phase]
+        batch = getattr(getattr(rec, "train", None), "batch_size", None)
+        if nproc > 1 and batch is not None and batch % nproc:
+            raise ConfigError(
+                f"--nproc {nproc} must divide train.batch_size={batch}: every worker takes "
+                "an equal slice of the global batch"
+            )
         if nproc > 1 and not worker:
             _launch(words, nproc)  # the workers come back here, in the branch below
             return
