@@ -384,12 +384,13 @@ def _init_worker() -> bool:
 
 def _launch(words: list[str], nproc: int) -> None:
     """Start ``nproc`` workers running ``tertulia <words>`` with torch's elastic launcher
-    (what ``torchrun --nproc-per-node N -m tertulia …`` does); wait for them."""
+    (what ``torchrun --standalone --nproc-per-node N -m tertulia …`` does: one node, a free
+    port found by the launcher); wait for them."""
     from torch.distributed.run import get_args_parser
     from torch.distributed.run import run as elastic_run
 
     args = get_args_parser().parse_args(
-        ["--nproc-per-node", str(nproc), "--module", "tertulia", *words]
+        ["--standalone", "--nproc-per-node", str(nproc), "--module", "tertulia", *words]
     )
     try:
         elastic_run(args)
