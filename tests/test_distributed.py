@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tertulia.config import TrainConfig
@@ -67,14 +68,17 @@ def _worker(rank: int, world: int, folder: str, stop: int | None) -> None:
         except _Stop:
             pass
         if rank == 0:
-            torch.save(task.model.state_dict(), Path(folder) / "params.pt")
+            save_file(
+                {k: v.contiguous() for k, v in task.model.state_dict().items()},
+                str(Path(folder) / "params.safetensors"),
+            )
     finally:
         dist.destroy_process_group()
 
 
 def _spawn(folder: Path, stop: int | None = None) -> dict[str, torch.Tensor]:
     mp.spawn(_worker, args=(2, str(folder), stop), nprocs=2, join=True)
-    return torch.load(folder / "params.pt")
+    return load_file(str(folder / "params.safetensors"))
 
 
 def _single(folder: Path | None = None) -> dict[str, torch.Tensor]:
