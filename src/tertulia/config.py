@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -259,13 +266,55 @@ class EvalConfig(_Section):
     adversarial: AdversarialConfig = AdversarialConfig()
 
 
+class RuntimeConfig(_Section):
+    """Where the recipe's models run and in what precision (:mod:`tertulia.runtime`)."""
+
+    device: str = Field(
+        "cpu", description="cpu, cuda, cuda:N or auto (CUDA when there is a GPU, else the CPU)"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: forward passes under bfloat16 autocast (weights stay fp32)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        from .runtime import check_device_spec
+
+        try:
+            return check_device_spec(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class _RecipeBase(_Section):
-    """What every recipe has: a task, a name, a description and a seed."""
+    """What every recipe has: a task, a name, a description, a seed (declared by each
+    recipe, so that they lead its YAML) and a runtime section (last in its YAML)."""
+
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def with_runtime(self, device: str | None = None, precision: str | None = None) -> Any:
+        """This recipe with ``runtime.device`` / ``runtime.precision`` replaced (None: kept);
+        ConfigError for a value that is not allowed."""
+        if device is None and precision is None:
+            return self
+        values = self.runtime.model_dump()
+        if device is not None:
+            values["device"] = device
+        if precision is not None:
+            values["precision"] = precision
+        try:
+            runtime = RuntimeConfig(**values)
+        except ValidationError as exc:
+            raise ConfigError(
+                _format_validation_error(exc, "--device/--precision", RuntimeConfig)
+            ) from None
+        return self.model_copy(update={"runtime": runtime})
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(
-            self.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100
-        )
+        data = self.model_dump(mode="json")
+        data["runtime"] = data.pop("runtime")  # base-class fields come first in a dump
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 class Recipe(_RecipeBase):
@@ -976,7 +1025,7 @@ def _format_validation_error(
     else:
         given = err.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        msg = f"{path}: {err['msg']}{shown}"
+        msg = f"{path}: {err['msg'].removeprefix('Value error, ')}{shown}"
     more = len(exc.errors()) - 1
     tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {msg}{tail}"
