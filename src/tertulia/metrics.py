@@ -62,7 +62,10 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _f64(x: Any) -> torch.Tensor:
-    return torch.as_tensor(x).detach().to(torch.float64)
+    """``x`` as a float64 tensor: a tensor on its own device, anything else on the CPU."""
+    if torch.is_tensor(x):
+        return x.detach().to(torch.float64)
+    return torch.as_tensor(x, dtype=torch.float64, device="cpu")
 
 
 def _same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
@@ -138,7 +141,8 @@ def crps_gaussian(y: Any, mean: Any, std: Any) -> float:
 def _coverage(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, level: float) -> float:
     if level >= 1.0:  # z = ∞: every finite point is inside (avoids ∞·0 for σ = 0)
         return 1.0
-    half_width = float(torch.special.ndtri(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64)))
+    z = torch.tensor((1.0 + level) / 2.0, dtype=torch.float64, device="cpu")
+    half_width = float(torch.special.ndtri(z))
     inside = (y - mean).abs() <= half_width * std
     return float(inside.to(torch.float64).mean())
 

@@ -46,6 +46,7 @@ from .data import Trajectories, load_dataset, will_generate
 from .data.pde import grid_points
 from .errors import ConfigError, DataError, RunDirError
 from .robustness import evaluate_adversarial, evaluate_ood, ood_datasets
+from .runtime import Runtime, on_cpu
 from .train import ForecastTask, Trainer, has_checkpoint, load_checkpoint
 from .train.stages import LayerGroup
 
@@ -106,17 +107,24 @@ def check_splits(splits: dict[str, Trajectories], recipe: Recipe) -> None:
 
 def data_scale(splits: dict[str, Trajectories]) -> float:
     """Standard deviation of the training observations (models work in these units)."""
-    return float(torch.as_tensor(splits["train"].y, dtype=torch.float64).std().clamp_min(1e-8))
+    y = torch.as_tensor(splits["train"].y, dtype=torch.float64, device="cpu")
+    return float(y.std().clamp_min(1e-8))
 
 
 def persistence_sigma(splits: dict[str, Trajectories]) -> float:
     """RMS of one-step changes of the training observations."""
-    y = torch.as_tensor(splits["train"].y, dtype=torch.float64)
+    y = torch.as_tensor(splits["train"].y, dtype=torch.float64, device="cpu")
     return float((y[:, 1:] - y[:, :-1]).pow(2).mean().sqrt().clamp_min(1e-8))
 
 
 def build_trainable_models(recipe: Recipe, *, scale: float = 1.0) -> dict[str, nn.Module]:
-    """The orchestra and (if enabled) the same-size MLP, seeded from the recipe."""
+    """The orchestra and (if enabled) the same-size MLP, seeded from the recipe; built on
+    the CPU (the same weights on every device: the tasks move them)."""
+    with on_cpu():
+        return _build_trainable_models(recipe, scale)
+
+
+def _build_trainable_models(recipe: Recipe, scale: float) -> dict[str, nn.Module]:
     torch.manual_seed(recipe.seed)
     models: dict[str, nn.Module] = {"orchestra": build.build_orchestra(recipe, scale=scale)}
     if recipe.baselines.mlp:
@@ -149,13 +157,20 @@ def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, n
     """Every model of the run, deterministically initialised from the recipe seed."""
     models = build_trainable_models(recipe, scale=data_scale(splits))
     if recipe.baselines.persistence:
-        models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
+        with on_cpu():
+            models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
     return models
 
 
 def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories]) -> ForecastTask:
+    """The forecasting task of ``model``, on the device of ``recipe.runtime``."""
     return ForecastTask(
-        model, splits, window=recipe.data.window, train=recipe.train, cells=recipe.model.cells
+        model,
+        splits,
+        window=recipe.data.window,
+        train=recipe.train,
+        cells=recipe.model.cells,
+        runtime=Runtime.of(recipe),
     )
 
 
@@ -170,10 +185,13 @@ def open_run(
     command: str,
     on_event: EventFn,
     data: dict[str, Any],
-) -> None:
+) -> Runtime:
     """Set ``train.threads``, announce the loaded data (``data`` event) and create the run
     directory with its ``config.yaml`` (not on resume) and ``command.txt`` line. Jobs call
-    it once their data has loaded, so bad data never leaves a half-made directory."""
+    it once their data has loaded, so bad data never leaves a half-made directory.
+    Returns the recipe's runtime (device and precision), resolved before anything is
+    written: a device this machine lacks fails first."""
+    runtime = Runtime.of(recipe)
     threads = getattr(getattr(recipe, "train", None), "threads", None)
     if threads:
         torch.set_num_threads(threads)
@@ -183,6 +201,7 @@ def open_run(
         atomic_write_text(out / "config.yaml", recipe.to_yaml())
     if command:
         append_line(out / "command.txt", command)
+    return runtime
 
 
 def close_run(out: Path, results: dict[str, Any], on_event: EventFn) -> dict[str, Any]:
@@ -320,29 +339,26 @@ def run(
         from .recall import run_recall
 
         return run_recall(recipe, out, resume=resume, command=command, on_event=on_event)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     # Data first: a bad data set must not leave a half-made run directory behind.
+    Runtime.of(recipe)  # and neither must a device this machine lacks
     started = time.perf_counter()
     if will_generate(recipe.data):
         d = recipe.data
         on_event("data_generate", {"equation": d.equation, "count": d.n_train + d.n_val + d.n_test})
     splits = load_dataset(recipe.data)
     check_splits(splits, recipe)
-    on_event(
-        "data",
-        {
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": recipe.data.path or recipe.data.equation,
             "sizes": {k: len(v) for k, v in splits.items()},
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
     models = build_models(recipe, splits)
 
     summaries: dict[str, dict[str, Any]] = {}
@@ -382,6 +398,7 @@ def evaluate_and_write(
     started = time.perf_counter()
     metrics, examples = evaluate_models(recipe, models, splits)
     metrics["train"] = summaries
+    metrics["runtime"] = Runtime.of(recipe).describe()
     robustness = evaluate_robustness(recipe, models, splits, on_event=on_event)
     if robustness:
         metrics["robustness"] = robustness
@@ -404,17 +421,19 @@ def evaluate_robustness(
 ) -> dict[str, Any]:
     """OOD sets and adversarial attacks (seed §12.4) for every model, as configured."""
     ev, out = recipe.eval, {}
+    runtime = Runtime.of(recipe)
     if ev.ood.enabled:
         sets = ood_datasets(recipe.data, ev.ood)
         if sets or sets.skipped:
             on_event("robustness", {"what": "ood", "conditions": list(sets)})
             out["ood"] = {
                 name: evaluate_ood(
-                    model,
+                    runtime.place(model),
                     splits["test"],
                     sets,
                     window=recipe.data.window,
                     batch_size=ev.batch_size,
+                    runtime=runtime,
                 )
                 for name, model in models.items()
             }
@@ -422,12 +441,13 @@ def evaluate_robustness(
         on_event("robustness", {"what": "adversarial", "eps": ev.adversarial.eps})
         out["adversarial"] = {
             name: evaluate_adversarial(
-                model,
+                runtime.place(model),
                 splits["test"],
                 ev.adversarial,
                 window=recipe.data.window,
                 batch_size=ev.batch_size,
                 seed=recipe.seed,
+                runtime=runtime,
             )
             for name, model in models.items()
         }
@@ -462,13 +482,13 @@ def evaluate_models(
     test = splits["test"]
     t_ex = recipe.data.window - 1 + (test.y.shape[1] - recipe.data.window) // 2
     window = torch.as_tensor(
-        test.y[:1, t_ex - recipe.data.window + 1 : t_ex + 1], dtype=torch.float32
+        test.y[:1, t_ex - recipe.data.window + 1 : t_ex + 1], dtype=torch.float32, device="cpu"
     )
     examples: dict[str, torch.Tensor] = {
-        "x": torch.as_tensor(grid_points(recipe.data.grid), dtype=torch.float32),
+        "x": torch.as_tensor(grid_points(recipe.data.grid), dtype=torch.float32, device="cpu"),
         "input_last": window[0, -1].clone(),
-        "truth": torch.as_tensor(test.u[0, t_ex + 1], dtype=torch.float32),
-        "obs": torch.as_tensor(test.y[0, t_ex + 1], dtype=torch.float32),
+        "truth": torch.as_tensor(test.u[0, t_ex + 1], dtype=torch.float32, device="cpu"),
+        "obs": torch.as_tensor(test.y[0, t_ex + 1], dtype=torch.float32, device="cpu"),
     }
     for name, model in models.items():
         model.eval()
@@ -486,9 +506,9 @@ def evaluate_models(
             for key in ("rho", "iterations"):
                 if key in curves:
                     results["curves"][key] = curves[key]
-        pred = model(window)
-        examples[f"{name}.mean"] = pred.mean[0].float().contiguous()
-        examples[f"{name}.std"] = pred.std[0].float().contiguous()
+        pred = task.forward(window)
+        examples[f"{name}.mean"] = pred.mean[0].cpu().contiguous()
+        examples[f"{name}.std"] = pred.std[0].cpu().contiguous()
         examples[f"{name}.rollout_mean"] = ev["rollout"]["mean"][0].float().contiguous()
         examples["rollout.truth"] = ev["rollout"]["truth"][0].float().contiguous()
     return results, examples
@@ -504,14 +524,15 @@ class LoadedRun:
     summaries: dict[str, dict[str, Any]]  # steps, skipped steps, seconds per model
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild a run's trained models from its checkpoints (no data needed).
+def load_run(run_dir: str | Path, *, device: str | None = None) -> LoadedRun:
+    """Rebuild a run's trained models from its checkpoints (no data needed), on the run's
+    ``runtime.device`` or on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``).
 
     >>> run = load_run("runs/burgers")                       # doctest: +SKIP
     >>> pred = run.models["orchestra"](past_frames)          # (B, w, G) -> Prediction
     """
     run_dir = Path(run_dir)
-    recipe = require_run_dir(run_dir)
+    recipe = require_run_dir(run_dir).with_runtime(device)
     if isinstance(recipe, SequenceRecipe):
         raise RunDirError(
             f"{run_dir} is a sequence run: load its models with "
@@ -528,6 +549,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             "models to load (its fitted parameters are in metrics.json)"
         )
     models = build_trainable_models(recipe)  # the data scale comes back with the weights
+    runtime = Runtime.of(recipe)
     summaries: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         folder = run_dir / "checkpoint" / name
@@ -538,7 +560,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
             )
         groups, meta = load_checkpoint(folder)
         model.load_state_dict(groups.get("ema", groups["model"]))
-        model.eval()
+        runtime.place(model).eval()
         summaries[name] = {
             "steps": meta["step"],
             "skipped_steps": meta.get("skipped_steps", 0),
@@ -547,12 +569,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(path=run_dir, recipe=recipe, models=models, summaries=summaries)
 
 
-def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
-    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report.
+def evaluate_run(
+    run_dir: Path, *, device: str | None = None, on_event: EventFn = _noop
+) -> dict[str, Any]:
+    """Re-evaluate a run's checkpoints (EMA weights) and rewrite metrics.json and the report,
+    on the run's ``runtime.device`` or on ``device``.
 
     A classical run (island, series) is simply fitted again in place.
     """
-    recipe = require_run_dir(Path(run_dir))
+    recipe = require_run_dir(Path(run_dir)).with_runtime(device)
     if isinstance(recipe, VeloraRecipe):  # finished phases only re-judge
         from .velora import run_velora
 
@@ -565,12 +590,13 @@ def evaluate_run(run_dir: Path, *, on_event: EventFn = _noop) -> dict[str, Any]:
         from .sequence import run_sequence
 
         return run_sequence(recipe, Path(run_dir), resume=True, on_event=on_event)
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     splits = load_dataset(run.recipe.data)
     check_splits(splits, run.recipe)
     models = dict(run.models)
     if run.recipe.baselines.persistence:
-        models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
+        with on_cpu():
+            models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
     return evaluate_and_write(
         run.recipe, models, splits, run.path, run.summaries, on_event=on_event
     )

@@ -59,6 +59,7 @@ from .config import AdversarialConfig, DataConfig, OODConfig
 from .data.cache import load_or_build
 from .data.pde import Trajectories, dataset_key, simulate
 from .errors import DataError
+from .runtime import CPU, Runtime, random_like
 from .train.tasks import Split, gaussian_nll_points
 
 __all__ = [
@@ -219,19 +220,28 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 def _rows(n: int, cap: int) -> torch.Tensor:
     """``cap`` evenly spaced indices of ``range(n)`` (all of them if ``n ≤ cap``)."""
     if n <= cap:
-        return torch.arange(n)
-    return torch.unique(torch.linspace(0, n - 1, cap).round().long())
+        return torch.arange(n, device="cpu")
+    return torch.unique(torch.linspace(0, n - 1, cap, device="cpu").round().long())
+
+
+def _forward(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> Any:
+    """``model(x)`` under the runtime's autocast; mean and log-variance in float32."""
+    with runtime.autocast():
+        pred = model(x)
+    pred.mean, pred.log_var = pred.mean.float(), pred.log_var.float()
+    return pred
 
 
 @torch.no_grad()
 def _predict(
-    model: nn.Module, split: Split, rows: torch.Tensor, batch_size: int
+    model: nn.Module, split: Split, rows: torch.Tensor, batch_size: int, runtime: Runtime = CPU
 ) -> dict[str, torch.Tensor]:
-    """Predictions on ``split``'s samples ``rows``: mean, log_var, std, y, u, sigma (S, G)."""
+    """Predictions on ``split``'s samples ``rows``: mean, log_var, std, y, u, sigma (S, G),
+    on the CPU."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("mean", "log_var", "y", "u", "sigma")}
     for start in range(0, len(rows), batch_size):
         batch = split.batch(rows[start : start + batch_size])
-        pred = model(batch.x)
+        pred = _forward(model, batch.x, runtime)
         for key, val in (
             ("mean", pred.mean),
             ("log_var", pred.log_var),
@@ -239,7 +249,7 @@ def _predict(
             ("u", batch.u),
             ("sigma", batch.sigma),
         ):
-            out[key].append(val.detach().float())
+            out[key].append(val.detach().float().cpu())
     res = {k: torch.cat(v) for k, v in out.items()}
     res["std"] = torch.exp(0.5 * res["log_var"])
     return res
@@ -272,8 +282,10 @@ def evaluate_ood(
     batch_size: int = 256,
     max_samples: int = MAX_SAMPLES,
     skipped: Mapping[str, str] | None = None,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
-    """Score ``model`` on the in-distribution ``test`` set and on each OOD set.
+    """Score ``model`` (on ``runtime``'s device and precision) on the in-distribution
+    ``test`` set and on each OOD set.
 
     Every (trajectory, t) sample of a set is scored, up to ``max_samples`` evenly
     spaced ones. Returns (JSON-serialisable; a non-finite number becomes None)::
@@ -301,9 +313,9 @@ def evaluate_ood(
     try:
         scored = {}
         for name, traj in [("in_distribution", test), *sets.items()]:
-            split = Split(traj, window)
+            split = Split(traj, window, runtime.device)
             scored[name] = _scores(
-                _predict(model, split, _rows(len(split), max_samples), batch_size)
+                _predict(model, split, _rows(len(split), max_samples), batch_size, runtime)
             )
     finally:
         model.train(was_training)
@@ -347,9 +359,11 @@ def evaluate_ood(
 # ----------------------------------------------------------------------------- attacks
 
 
-def _objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
+def _objective(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str, runtime: Runtime
+) -> torch.Tensor:
     """Per-sample attack objective J_b (B,): mean over the grid of the NLL or the SE."""
-    pred = model(x)
+    pred = _forward(model, x, runtime)
     if objective == "nll":
         return gaussian_nll_points(y, pred.mean, pred.log_var).flatten(1).mean(-1)
     return (pred.mean - y).pow(2).flatten(1).mean(-1)
@@ -373,11 +387,13 @@ def attack(
     steps: int = 10,
     objective: Literal["nll", "mse"] = "nll",
     generator: torch.Generator | None = None,
+    runtime: Runtime = CPU,
 ) -> torch.Tensor:
     """Adversarial window ``x + δ`` with ``‖δ_b‖∞ ≤ eps · RMS(x_b)`` (see module docstring).
 
     x: (B, w, G) noisy past frames; y: (B, G) the noisy next frame the attacker scores
-    against. ``generator`` seeds PGD's random start. The model runs in eval mode during
+    against. ``generator`` seeds PGD's random start (drawn on its device); the forward
+    passes run under ``runtime``'s autocast. The model runs in eval mode during
     the attack (its mode is restored); gradients are taken w.r.t. the input only, so
     parameter ``.grad`` fields are left as they were. Returns a detached (B, w, G) tensor.
     """
@@ -399,15 +415,15 @@ def attack(
         with torch.enable_grad():
             if method == "fgsm":
                 xa = x.clone().requires_grad_(True)
-                g = _grad(_objective(model, xa, y, objective), xa)
+                g = _grad(_objective(model, xa, y, objective, runtime), xa)
                 return (x + radius * g.sign()).detach()
-            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            u = random_like(x, generator=generator)
             delta = (2 * u - 1) * radius
             step = 2.5 * radius / steps
             best, best_j = x + delta, None
             for k in range(steps + 1):
                 xa = (x + delta).requires_grad_(True)
-                j = _objective(model, xa, y, objective)  # (B,)
+                j = _objective(model, xa, y, objective, runtime)  # (B,)
                 jd = j.detach()
                 if best_j is None:
                     best, best_j = xa.detach().clone(), jd.clone()
@@ -432,8 +448,10 @@ def evaluate_adversarial(
     window: int,
     batch_size: int = 256,
     seed: int = 0,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
-    """Scores on clean and on FGSM/PGD-attacked windows of ``cfg.samples`` test samples.
+    """Scores on clean and on FGSM/PGD-attacked windows of ``cfg.samples`` test samples
+    (``model`` on ``runtime``'s device and precision).
 
     The samples are a fixed subset of the test (trajectory, t) pairs drawn with
     ``seed`` (all of them if there are fewer); PGD's random starts are seeded from
@@ -445,22 +463,22 @@ def evaluate_adversarial(
 
     with ``nrmse_ratio = nrmse / nrmse_clean`` and ``nll_delta = nll − nll_clean``.
     """
-    split = Split(test, window)
+    split = Split(test, window, runtime.device)
     g = torch.Generator().manual_seed(seed)
     n = min(cfg.samples, len(split))
-    rows = torch.randperm(len(split), generator=g)[:n].sort().values
+    rows = torch.randperm(len(split), generator=g, device="cpu")[:n].sort().values
     batches = [split.batch(rows[s : s + batch_size]) for s in range(0, n, batch_size)]
     was_training = model.training
     model.eval()
 
     def score(xs: list[torch.Tensor]) -> dict[str, float | None]:
         with torch.no_grad():
-            preds = [model(x) for x in xs]
-        mean = torch.cat([p.mean.detach() for p in preds])
-        log_var = torch.cat([p.log_var.detach() for p in preds])
+            preds = [_forward(model, x, runtime) for x in xs]
+        mean = torch.cat([p.mean.detach().cpu() for p in preds])
+        log_var = torch.cat([p.log_var.detach().cpu() for p in preds])
         std = torch.exp(0.5 * log_var)
-        u = torch.cat([b.u for b in batches])
-        y = torch.cat([b.y for b in batches])
+        u = torch.cat([b.u.cpu() for b in batches])
+        y = torch.cat([b.y.cpu() for b in batches])
         return {
             "nrmse": _num(M.nrmse(mean, u)),
             "rmse": _num(M.rmse(mean, u)),
@@ -485,6 +503,7 @@ def evaluate_adversarial(
                         steps=cfg.pgd_steps,
                         objective=cfg.objective,
                         generator=pgd_gen,
+                        runtime=runtime,
                     )
                     for b in batches
                 ]

@@ -197,7 +197,8 @@ def anderson(
         h = gram[:, :n, :n]
         scale = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)[:, None, None]
         eye = torch.eye(n, dtype=torch.float64, device=x0.device)
-        w = torch.linalg.solve(h / scale + lam * eye, torch.ones(b, n, 1, dtype=torch.float64))
+        ones = torch.ones(b, n, 1, dtype=torch.float64, device=x0.device)
+        w = torch.linalg.solve(h / scale + lam * eye, ones)
         alpha = (w / w.sum(dim=1, keepdim=True)).to(x.dtype)  # (B, n, 1)
         mixed_f = (alpha * fs[:, :n]).sum(dim=1)
         if mixing == 1.0:
@@ -370,8 +371,8 @@ class Unrolled:
     ) -> torch.Tensor:
         b = s.shape[0]
         if trace.iterations is None:
-            trace.iterations = torch.zeros(b, dtype=torch.long)
-            trace.sample_converged = torch.zeros(b, dtype=torch.bool)
+            trace.iterations = torch.zeros(b, dtype=torch.long, device=s.device)
+            trace.sample_converged = torch.zeros(b, dtype=torch.bool, device=s.device)
         for _ in range(rounds):
             new = f(s)
             r = relative_residual(new.detach(), s.detach())
@@ -381,7 +382,7 @@ class Unrolled:
             live = ~trace.sample_converged
             trace.iterations = torch.where(live, trace.rounds, trace.iterations)
             if tol > 0:
-                trace.sample_converged = trace.sample_converged | (r.cpu() < tol)
+                trace.sample_converged = trace.sample_converged | (r < tol)
             s = new if self.damping == 1.0 else torch.lerp(s, new, self.damping)
             if tol > 0 and trace.max_residuals[-1] < tol:
                 trace.converged = True

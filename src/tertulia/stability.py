@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .nn.stacked import StackedLinear
+from .runtime import random_like
 
 __all__ = [
     "SpectralBound",
@@ -193,7 +194,7 @@ def jacobian_frobenius(
         if not y.requires_grad:
             return total
         for _ in range(samples):
-            eps = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+            eps = random_like(y, generator=generator, normal=True)
             (g,) = torch.autograd.grad(y, z0, eps, create_graph=True, allow_unused=True)
             if g is None:  # f ignores z: J = 0
                 return total
@@ -245,7 +246,7 @@ def contraction_factor(
         (jt_probe,) = torch.autograd.grad(y, z0, probe, create_graph=True, allow_unused=True)
         if jt_probe is None or not jt_probe.requires_grad:  # f ignores z: J = 0
             return zeros
-        v = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
+        v = random_like(z0, generator=generator, normal=True)
         v = _unit_per_sample(v, v)  # v: (B, …) like z, unit per sample
         rho: torch.Tensor | None = None
         for _ in range(iters):

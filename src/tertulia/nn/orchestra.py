@@ -208,7 +208,7 @@ class Orchestra(nn.Module):
         # Gauss–Seidel: node i sees the states its predecessors in `order` already updated.
         n_upd, n_nodes = e.shape[1], s.shape[1]
         if self.order == "random":
-            order = torch.randperm(n_nodes).tolist()
+            order = torch.randperm(n_nodes, device="cpu").tolist()  # torch's CPU RNG: resumable
         else:
             order = list(range(n_nodes))
         states = list(s.unbind(dim=1))

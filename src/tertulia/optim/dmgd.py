@@ -178,7 +178,9 @@ class DMGD(torch.optim.Optimizer):
         opts: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         return {
             "skip": torch.tensor([-1.0, 0.0], **opts),
-            "w1": (torch.randn(2, hidden, generator=gen) / math.sqrt(2.0)).to(**opts),
+            "w1": (torch.randn(2, hidden, generator=gen, device=gen.device) / math.sqrt(2.0)).to(
+                **opts
+            ),
             "b1": torch.zeros(hidden, **opts),
             "w2": torch.zeros(hidden, **opts),
         }
@@ -198,7 +200,9 @@ class DMGD(torch.optim.Optimizer):
                 state[f"{k}_mom"] = torch.zeros_like(state[k])
             state["out"] = torch.zeros_like(p)
             state["mean"] = torch.zeros_like(p)
-            state["step"] = torch.zeros((), dtype=torch.float64)
+            state["step"] = torch.zeros(
+                (), dtype=torch.float64, device="cpu"
+            )  # as torch's optimisers
         beta = group["beta"]
         scale = u.pow(2).mean().sqrt() + _EPS
         g = (u / scale).reshape(-1)

@@ -243,9 +243,10 @@ class BlockFreezer:
         if out is None:
             out = []
             for p, nodes in self._per_cell:
-                is_frozen = torch.tensor([int(i) not in active for i in nodes.tolist()], dtype=bool)
+                frozen = [int(i) not in active for i in nodes.tolist()]
+                is_frozen = torch.tensor(frozen, dtype=torch.bool, device=p.device)
                 if is_frozen.any():
-                    idx = is_frozen.nonzero().flatten().to(p.device)
+                    idx = is_frozen.nonzero().flatten()
                     out.append((p, idx))
             self._cache[active] = out
         return out

@@ -17,11 +17,12 @@ Legend: N world size, r rank, B global batch size.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from ..runtime import map_tensors, model_device
 
 
 def active() -> bool:
@@ -51,7 +52,9 @@ def all_true(flag: bool) -> bool:
     """``flag`` and-ed over every rank (the flag itself when not distributed)."""
     if not active():
         return flag
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors
+    # NCCL reduces tensors on this rank's GPU (torch.cuda.set_device), gloo CPU ones
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
@@ -63,33 +66,20 @@ def shard(batch: Any, r: int, n: int) -> Any:
     (and 0-d tensors) are kept whole."""
     if n == 1:
         return batch
-    if torch.is_tensor(batch):
-        if batch.ndim == 0:
-            return batch
-        size = batch.shape[0]
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 0:
+            return t
+        size = t.shape[0]
         if size % n:
             raise ValueError(
                 f"a batch of {size} rows does not split over {n} processes; "
                 f"use a batch size divisible by {n}"
             )
         step = size // n
-        return batch[r * step : (r + 1) * step]
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return dataclasses.replace(
-            batch,
-            **{f.name: shard(getattr(batch, f.name), r, n) for f in dataclasses.fields(batch)},
-        )
-    if isinstance(batch, tuple):
-        return (
-            type(batch)(*(shard(b, r, n) for b in batch))
-            if hasattr(batch, "_fields")
-            else (tuple(shard(b, r, n) for b in batch))
-        )
-    if isinstance(batch, list):
-        return [shard(b, r, n) for b in batch]
-    if isinstance(batch, dict):
-        return {k: shard(v, r, n) for k, v in batch.items()}
-    return batch
+        return t[r * step : (r + 1) * step]
+
+    return map_tensors(cut, batch)
 
 
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -103,11 +93,6 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
+    device = model_device(model)
+    device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")

@@ -34,6 +34,7 @@ from torch.nn.utils import parametrize
 
 from .. import metrics as M
 from ..config import EvalConfig, TrainConfig
+from ..runtime import CPU, Runtime
 from ..solvers import SolverTrace
 from ..stability import contraction_factor, jacobian_frobenius
 
@@ -41,7 +42,9 @@ LOG_2PI = 1.8378770664093453
 
 
 class Task(Protocol):
-    """What the trainer needs from a task."""
+    """What the trainer needs from a task. A task may also carry a ``runtime``
+    (:class:`~tertulia.runtime.Runtime`): the trainer then moves the model and every
+    batch to its device and runs ``loss`` under its autocast (default: CPU, fp32)."""
 
     model: nn.Module
 
@@ -61,25 +64,28 @@ class Batch:
 
 
 class Split:
-    """Tensors of one split and the (trajectory, time) index of its samples."""
+    """Tensors of one split (on ``device``) and the (trajectory, time) index of its samples."""
 
-    def __init__(self, traj: Any, window: int):
-        self.y = torch.as_tensor(traj.y, dtype=torch.float32)
-        self.u = torch.as_tensor(traj.u, dtype=torch.float32)
-        self.sigma = torch.as_tensor(traj.sigma, dtype=torch.float32)
+    def __init__(self, traj: Any, window: int, device: torch.device | str = "cpu"):
+        def tensor(a: Any) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+        self.y, self.u, self.sigma = tensor(traj.y), tensor(traj.u), tensor(traj.sigma)
         n, frames, _ = self.y.shape
         self.window = window
-        times = torch.arange(window - 1, frames - 1)
+        times = torch.arange(window - 1, frames - 1, device=device)
         self.index = torch.stack(
-            [torch.arange(n).repeat_interleave(len(times)), times.repeat(n)], dim=1
+            [torch.arange(n, device=device).repeat_interleave(len(times)), times.repeat(n)], dim=1
         )  # (S, 2)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def batch(self, rows: torch.Tensor) -> Batch:
+        """The samples ``rows`` (on any device) as a batch on this split's device."""
+        rows = rows.to(self.index.device)
         b, t = self.index[rows, 0], self.index[rows, 1]
-        offsets = torch.arange(-self.window + 1, 1)
+        offsets = torch.arange(-self.window + 1, 1, device=rows.device)
         x = self.y[b[:, None], t[:, None] + offsets]  # (B, w, G)
         return Batch(x=x, y=self.y[b, t + 1], u=self.u[b, t + 1], sigma=self.sigma[b, t + 1])
 
@@ -90,7 +96,12 @@ def gaussian_nll_points(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Tens
 
 
 class ForecastTask:
-    """Next-frame forecasting with a Gaussian predictive distribution."""
+    """Next-frame forecasting with a Gaussian predictive distribution.
+
+    The model and the splits go to ``runtime.device``; the forward passes of
+    judging run under ``runtime.autocast()`` (training's run under the trainer's)
+    and their outputs come back to the CPU in float32 for the metrics.
+    """
 
     def __init__(
         self,
@@ -100,29 +111,42 @@ class ForecastTask:
         window: int,
         train: TrainConfig,
         cells: int = 1,
+        runtime: Runtime = CPU,
     ):
-        self.model = model
+        self.runtime = runtime
+        self.model = runtime.place(model)
         self.cfg = train
         self.window = window
-        self.splits = {name: Split(traj, window) for name, traj in splits.items()}
+        self.splits = {name: Split(traj, window, runtime.device) for name, traj in splits.items()}
         self.cells = cells
         weights = train.cell_weights or [1.0] * cells
-        self.cell_weights = torch.tensor(weights, dtype=torch.float32)
+        self.cell_weights = torch.tensor(weights, dtype=torch.float32, device=runtime.device)
         self._last_solver: SolverTrace | None = None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        """The model's prediction for ``x`` (moved to the device) under the runtime's
+        autocast, its mean and log-variance in float32."""
+        with self.runtime.autocast():
+            pred = self.model(x.to(self.runtime.device))
+        pred.mean, pred.log_var = pred.mean.float(), pred.log_var.float()
+        return pred
 
     # ----------------------------------------------------------------- training
 
     def sample_batch(self, generator: torch.Generator) -> Batch:
         split = self.splits["train"]
-        rows = torch.randint(len(split), (self.cfg.batch_size,), generator=generator)
+        rows = torch.randint(
+            len(split), (self.cfg.batch_size,), generator=generator, device=generator.device
+        )
         return split.batch(rows)
 
     def loss(self, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. (4) plus the optional Jacobian penalty ``jac_reg · ‖∂F/∂S‖_F² / D`` at S*."""
         pred = self.model(batch.x)
-        per_point = gaussian_nll_points(batch.y, pred.mean, pred.log_var)  # (B, G)
+        mean, log_var = pred.mean.float(), pred.log_var.float()  # the NLL in float32
+        per_point = gaussian_nll_points(batch.y, mean, log_var)  # (B, G)
         if self.cfg.loss == "beta_nll":
-            per_point = per_point * pred.log_var.detach().mul(self.cfg.beta).exp()
+            per_point = per_point * log_var.detach().mul(self.cfg.beta).exp()
         b, g = per_point.shape
         per_cell = per_point.reshape(b, self.cells, g // self.cells).mean(dim=(0, 2))  # (n,)
         data_loss = (self.cell_weights * per_cell).sum() / self.cells
@@ -146,7 +170,7 @@ class ForecastTask:
 
     def _stability_terms(self, trace: Any, step: int, logs: dict[str, float]) -> torch.Tensor:
         cfg, f, state = self.cfg, trace.round_map, trace.solver.state
-        penalty = torch.zeros(())
+        penalty = torch.zeros((), device=self.runtime.device)
         if f is None or state is None:
             return penalty
         with parametrize.cached():  # bounded weights computed once for all probes
@@ -172,10 +196,10 @@ class ForecastTask:
     def validation_nll(self, *, max_samples: int = 2048) -> float:
         """Mean Gaussian NLL on (at most ``max_samples`` of) the validation split."""
         split = self.splits["val"]
-        rows = torch.arange(min(len(split), max_samples))
+        rows = torch.arange(min(len(split), max_samples), device=self.runtime.device)
         with torch.no_grad():
             batch = split.batch(rows)
-            pred = self.model(batch.x)
+            pred = self.forward(batch.x)
             return (
                 float(gaussian_nll_points(batch.y, pred.mean, pred.log_var).mean()) + 0.5 * LOG_2PI
             )
@@ -196,11 +220,12 @@ class ForecastTask:
         rounds, residual_curves, attentions, messages = [], [], [], []
         iterations, converged, rhos = [], [], []
         rho_gen = torch.Generator().manual_seed(0)  # same start vectors: eval is repeatable
+        device = self.runtime.device
         try:
             for start in range(0, len(split), batch_size):
-                rows = torch.arange(start, min(start + batch_size, len(split)))
+                rows = torch.arange(start, min(start + batch_size, len(split)), device=device)
                 batch = split.batch(rows)
-                pred = self.model(batch.x)
+                pred = self.forward(batch.x)
                 for key, val in (
                     ("mean", pred.mean),
                     ("std", pred.std),
@@ -208,7 +233,7 @@ class ForecastTask:
                     ("u", batch.u),
                     ("sigma", batch.sigma),
                 ):
-                    out[key].append(val)
+                    out[key].append(val.cpu())
                 if pred.trace is not None:
                     w = len(rows)
                     rounds.append((pred.trace.rounds, w))
@@ -217,14 +242,17 @@ class ForecastTask:
                     messages.append((pred.trace.messages, w))
                     st = pred.trace.solver
                     if st.iterations is not None:
-                        iterations.append(st.iterations)
-                        converged.append(st.sample_converged)
+                        iterations.append(st.iterations.cpu())
+                        converged.append(st.sample_converged.cpu())
                     if rho_iters and pred.trace.round_map is not None and st.state is not None:
-                        with parametrize.cached():
+                        with parametrize.cached():  # ρ in full precision, outside autocast
                             rho = contraction_factor(
-                                pred.trace.round_map, st.state, iters=rho_iters, generator=rho_gen
+                                pred.trace.round_map,
+                                st.state.float(),
+                                iters=rho_iters,
+                                generator=rho_gen,
                             )
-                        rhos.append(rho.float())
+                        rhos.append(rho.float().cpu())
         finally:
             self.model.train(was_training)
         result: dict[str, Any] = {k: torch.cat(v) for k, v in out.items()}
@@ -268,15 +296,17 @@ class ForecastTask:
                 window = window[:, -self.window :]
                 seq = []
                 for _ in range(steps):
-                    mu = self.model(window).mean
+                    mu = self.forward(window).mean
                     seq.append(mu)
                     window = torch.cat([window[:, 1:], mu[:, None]], dim=1)
-                means.append(torch.stack(seq, dim=1))
+                means.append(torch.stack(seq, dim=1).cpu())
         finally:
             self.model.train(was_training)
         mean = torch.cat(means)  # (N, K, G)
-        truth = split.u[:, t0 + 1 : t0 + 1 + steps]  # (N, K, G)
-        per_step = torch.tensor([M.nrmse(mean[:, k], truth[:, k]) for k in range(steps)])
+        truth = split.u[:, t0 + 1 : t0 + 1 + steps].cpu()  # (N, K, G)
+        per_step = torch.tensor(
+            [M.nrmse(mean[:, k], truth[:, k]) for k in range(steps)], device="cpu"
+        )
         return {"nrmse_per_step": per_step, "mean": mean, "truth": truth}
 
     def evaluate(self, split_name: str, cfg: EvalConfig) -> dict[str, Any]:
@@ -341,18 +371,28 @@ class ClassifyTask:
     log-likelihood (cross-entropy, nats) of the true class.
     """
 
-    def __init__(self, model: nn.Module, splits: dict[str, Any], *, batch_size: int):
-        self.model = model
-        self.splits = splits
+    def __init__(
+        self, model: nn.Module, splits: dict[str, Any], *, batch_size: int, runtime: Runtime = CPU
+    ):
+        self.runtime = runtime
+        self.model = runtime.place(model)
+        self.splits = {name: runtime.to(split) for name, split in splits.items()}
         self.batch_size = batch_size
 
     def sample_batch(self, generator: torch.Generator) -> LabelledBatch:
         train = self.splits["train"]
-        rows = torch.randint(len(train.y), (self.batch_size,), generator=generator)
+        rows = torch.randint(
+            len(train.y), (self.batch_size,), generator=generator, device=generator.device
+        ).to(train.y.device)
         return LabelledBatch(train.x[rows], train.y[rows])
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for ``x`` under the runtime's autocast, in float32."""
+        with self.runtime.autocast():
+            return self.model(x).float()
+
     def loss(self, batch: LabelledBatch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch.x)
+        logits = self.model(batch.x).float()
         loss = nn.functional.cross_entropy(logits, batch.y)
         accuracy = float((logits.argmax(-1) == batch.y).float().mean())
         value = float(loss.detach())
@@ -365,7 +405,7 @@ class ClassifyTask:
         correct, nll, n = 0, 0.0, len(split.y)
         for start in range(0, n, batch_size):
             x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
-            logits = self.model(x)
+            logits = self.logits(x)
             correct += int((logits.argmax(-1) == y).sum())
             nll += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         return {"accuracy": correct / n, "nll": nll / n}
@@ -375,4 +415,4 @@ class ClassifyTask:
         split = self.splits["val"]
         with torch.no_grad():
             x, y = split.x[:max_samples], split.y[:max_samples]
-            return float(nn.functional.cross_entropy(self.model(x), y))
+            return float(nn.functional.cross_entropy(self.logits(x), y))

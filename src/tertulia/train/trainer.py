@@ -44,6 +44,7 @@ import torch
 from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
+from ..runtime import CPU
 from . import distributed
 from .blocks import BlockFreezer
 from .checkpoint import (
@@ -174,7 +175,9 @@ class Trainer:
         self.on_step = on_step
         self.validate = validate
         self.meta = meta or {}
-        self.model = task.model
+        # the task's runtime (device, precision); a task without one runs on the CPU in fp32
+        self.runtime = getattr(task, "runtime", CPU)
+        self.model = self.runtime.place(task.model)
         self.keep_best = keep_best and validate is not None and checkpoint_dir is not None
         self.best: float = math.inf
         if layer_groups is not None:
@@ -249,6 +252,8 @@ class Trainer:
         train_state = {f"optim.{k}": v for k, v in opt_tensors.items()}
         train_state["rng.torch"] = torch.get_rng_state()
         train_state["rng.batches"] = self.generator.get_state()
+        if self.runtime.is_cuda:  # dropout and other draws on the GPU
+            train_state["rng.cuda"] = torch.cuda.get_rng_state(self.runtime.device)
         groups = {"model": self.model.state_dict(), "train_state": train_state}
         if self.ema is not None:
             groups["ema"] = self.ema_state_dict()
@@ -292,12 +297,14 @@ class Trainer:
         groups, meta = load_checkpoint(self.checkpoint_dir)
         self.model.load_state_dict(groups["model"])
         if self.ema is not None and "ema" in groups:
-            self.ema = {k: groups["ema"][k].clone() for k in self.ema}
+            self.ema = {k: groups["ema"][k].to(v.device).clone() for k, v in self.ema.items()}
         state = groups["train_state"]
         opt = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
         optimizer_from_tensors(self.optimizer, opt, meta["optimizer"])
         torch.set_rng_state(state["rng.torch"])
         self.generator.set_state(state["rng.batches"])
+        if self.runtime.is_cuda and "rng.cuda" in state:
+            torch.cuda.set_rng_state(state["rng.cuda"], self.runtime.device)
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
         self.seconds = float(meta.get("seconds", 0.0))
@@ -358,10 +365,11 @@ class Trainer:
             if self.ddp is not self.model:
                 batch = distributed.shard(batch, distributed.rank(), distributed.world_size())
                 self.task.model = self.ddp  # the forward goes through DDP's gradient hooks
+            batch = self.runtime.to(batch)
             measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
             meter = SavedTensorMeter(self.params) if measure else None
             try:
-                with meter.hooks() if meter else nullcontext():
+                with meter.hooks() if meter else nullcontext(), self.runtime.autocast():
                     loss, logs = self.task.loss(batch, step=self.step + 1)
             finally:
                 self.task.model = self.model
