@@ -32,9 +32,11 @@ from safetensors.torch import save_file
 from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
 from .config import IslandRecipe, SeriesRecipe
 from .data.real import Series, load_series
+from .errors import ConfigError
 from .filters.diagnostics import residual_diagnostics
 from .filters.kalman import LinearGaussian, kalman_filter, rts_smoother
 from .filters.lti import LinearSSM
+from .runtime import on_cpu
 
 EventFn = Callable[[str, dict[str, Any]], None]
 Z90 = 1.6448536269514722  # two-sided 90 % normal quantile
@@ -488,7 +490,20 @@ def run_classical(
     command: str = "",
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
-    """Run a classical recipe (``task: island`` or ``task: series``) into ``out``."""
-    if isinstance(recipe, IslandRecipe):
-        return run_island(recipe, out, command=command, on_event=on_event)
-    return run_series(recipe, out, command=command, on_event=on_event)
+    """Run a classical recipe (``task: island`` or ``task: series``) into ``out``.
+
+    Its fits are float64 linear algebra on NumPy/SciPy solvers (Riccati equations, SVDs,
+    EM on a few hundred points): they run on the CPU, in float64. ``runtime.device: auto``
+    is the CPU here; ``cuda`` or ``bf16`` is a ConfigError.
+    """
+    rt = recipe.runtime
+    if rt.device.startswith("cuda") or rt.precision != "fp32":
+        raise ConfigError(
+            f"{recipe.task} recipes ({recipe.name}) are fitted on the CPU in float64 "
+            f"(NumPy/SciPy solvers); runtime.device={rt.device}, runtime.precision="
+            f"{rt.precision} are not supported here: use --device cpu (or auto) and fp32"
+        )
+    with on_cpu():
+        if isinstance(recipe, IslandRecipe):
+            return run_island(recipe, out, command=command, on_event=on_event)
+        return run_series(recipe, out, command=command, on_event=on_event)

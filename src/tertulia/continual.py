@@ -39,6 +39,7 @@ import torch
 from .build import count_parameters
 from .config import ContinualRecipe
 from .nn.memory import ContinuumMLP
+from .runtime import CPU, Runtime, on_cpu
 from .train.tasks import Split
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -48,24 +49,29 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
     pass
 
 
-def load_regimes(recipe: ContinualRecipe) -> list[dict[str, Split]]:
-    """train / test :class:`Split` of every regime (one ν each, its own data seed)."""
+def load_regimes(
+    recipe: ContinualRecipe, device: torch.device | str = "cpu"
+) -> list[dict[str, Split]]:
+    """train / test :class:`Split` of every regime (one ν each, its own data seed), on
+    ``device``."""
     from .data import load_dataset
 
     regimes = []
     for index, nu in enumerate(recipe.nus):
         cfg = recipe.data.model_copy(update={"nu": nu, "seed": recipe.data.seed + index})
-        splits = load_dataset(cfg)
-        regimes.append({k: Split(splits[k], cfg.window) for k in ("train", "test")})
+        with on_cpu():
+            splits = load_dataset(cfg)
+        regimes.append({k: Split(splits[k], cfg.window, device) for k in ("train", "test")})
     return regimes
 
 
 @torch.no_grad()
-def nrmse(model: torch.nn.Module, split: Split) -> float:
+def nrmse(model: torch.nn.Module, split: Split, runtime: Runtime = CPU) -> float:
     """One-step nRMSE of ``model`` on a whole split, against the clean field."""
     model.eval()
-    batch = split.batch(torch.arange(len(split)))
-    pred = batch.x[:, -1] + model(batch.x)
+    batch = split.batch(torch.arange(len(split), device=split.y.device))
+    with runtime.autocast():
+        pred = batch.x[:, -1] + model(batch.x).float()
     model.train()
     return float((pred - batch.u).pow(2).mean().sqrt() / batch.u.pow(2).mean().sqrt())
 
@@ -78,9 +84,13 @@ def build_models(recipe: ContinualRecipe) -> dict[str, tuple[ContinuumMLP, Any]]
     inputs, outputs = d.window * d.grid, d.grid
     lr, wd = recipe.train.lr, recipe.train.weight_decay
 
+    runtime = Runtime.of(recipe)
+
     def net(periods: list[int]) -> ContinuumMLP:
         torch.manual_seed(recipe.seed)
-        return ContinuumMLP(inputs, outputs, d=m.d, hidden=m.hidden, periods=periods)
+        with on_cpu():  # the same initial weights on every device
+            model = ContinuumMLP(inputs, outputs, d=m.d, hidden=m.hidden, periods=periods)
+        return runtime.place(model)
 
     plain = net([1] * len(m.periods))
     cms = net(m.periods)
@@ -109,6 +119,7 @@ def train_stream(
 ) -> dict[str, Any]:
     """Train ``model`` on the regimes in order; the error matrix, curves and forgetting."""
     steps, batch = recipe.train.steps, recipe.train.batch_size
+    runtime = Runtime.of(recipe)
     gen = torch.Generator().manual_seed(recipe.seed + 1)  # same batches for every model
     total = steps * len(regimes)
     on_event("train_start", {"model": name, "total": total})
@@ -122,8 +133,9 @@ def train_stream(
         split = regime["train"]
         for _ in range(steps):
             k += 1
-            b = split.batch(torch.randint(len(split), (batch,), generator=gen))
-            loss = (b.x[:, -1] + model(b.x) - b.y).pow(2).mean()
+            b = split.batch(torch.randint(len(split), (batch,), generator=gen, device="cpu"))
+            with runtime.autocast():
+                loss = (b.x[:, -1] + model(b.x).float() - b.y).pow(2).mean()
             optimizer.zero_grad()
             loss.backward()
             if recipe.train.clip:
@@ -131,12 +143,12 @@ def train_stream(
             optimizer.step()
             if k % recipe.eval_every == 0:
                 curve_steps.append(k)
-                curves.append([nrmse(model, r["test"]) for r in regimes])
+                curves.append([nrmse(model, r["test"], runtime) for r in regimes])
             on_event(
                 "step",
                 {"model": name, "step": k, "total": total, "logs": {"loss": float(loss.detach())}},
             )
-        R.append([nrmse(model, r["test"]) for r in regimes])
+        R.append([nrmse(model, r["test"], runtime) for r in regimes])
     P = len(regimes)
     forgetting = sum(R[P - 1][j] - R[j][j] for j in range(P - 1)) / (P - 1)
     result = {
@@ -163,10 +175,11 @@ def run_continual(
     The job takes minutes and keeps no checkpoints: ``--resume`` runs it again.
     """
     started = time.perf_counter()
-    regimes = load_regimes(recipe)  # bad data fails before anything is written
+    device = Runtime.of(recipe).device  # a device this machine lacks fails first
+    regimes = load_regimes(recipe, device)  # bad data fails before anything is written
     from .pipeline import close_run, open_run
 
-    open_run(
+    runtime = open_run(
         recipe,
         out,
         resume=resume,
@@ -198,6 +211,7 @@ def run_continual(
         "params": {},
         "models": {},
         "curves": {},
+        "runtime": runtime.describe(),
     }
     for name, (model, optimizer) in build_models(recipe).items():
         res = train_stream(recipe, name, model, optimizer, regimes, on_event)

@@ -31,6 +31,7 @@ from torch import nn
 from .build import count_parameters
 from .config import LMModelConfig, LMRecipe
 from .data.chars import CharCorpus, char_corpus, pydoc_text, read_text
+from .runtime import CPU, Runtime, on_cpu
 
 EventFn = Callable[[str, dict[str, Any]], None]
 LN2 = math.log(2.0)
@@ -48,7 +49,13 @@ def load_corpus(recipe: LMRecipe) -> CharCorpus:
 
 
 def build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module:
-    """The model ``name`` (hope, transformer or mamba) of width ``m.d`` and ``m.layers`` blocks."""
+    """The model ``name`` (hope, transformer or mamba) of width ``m.d`` and ``m.layers`` blocks,
+    built on the CPU (the task moves it)."""
+    with on_cpu():
+        return _build_lm(name, m, vocab, context)
+
+
+def _build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module:
     from .nn import lm
 
     if name == "transformer":
@@ -69,19 +76,30 @@ def build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module
 
 
 class LMTask:
-    """Next-character cross-entropy on random training windows."""
+    """Next-character cross-entropy on random training windows (the corpus on the device)."""
 
-    def __init__(self, model: nn.Module, corpus: CharCorpus, *, context: int, batch_size: int):
-        self.model, self.corpus = model, corpus
+    def __init__(
+        self,
+        model: nn.Module,
+        corpus: CharCorpus,
+        *,
+        context: int,
+        batch_size: int,
+        runtime: Runtime = CPU,
+    ):
+        self.runtime = runtime
+        self.model, self.corpus = runtime.place(model), runtime.to(corpus)
         self.context, self.batch_size = context, batch_size
 
     def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
-        n = len(self.corpus.train) - self.context - 1
-        starts = torch.randint(n + 1, (self.batch_size,), generator=generator)
-        return torch.stack([self.corpus.train[s : s + self.context + 1] for s in starts.tolist()])
+        train = self.corpus.train
+        n = len(train) - self.context - 1
+        starts = torch.randint(n + 1, (self.batch_size,), generator=generator, device="cpu")
+        offsets = torch.arange(self.context + 1, device="cpu")
+        return train[(starts[:, None] + offsets).to(train.device)]  # (B, context + 1)
 
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch[:, :-1])
+        logits = self.model(batch[:, :-1]).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         value = float(loss.detach())
         return loss, {"loss": value, "bpc": value / LN2}
@@ -100,7 +118,8 @@ class LMTask:
             rows = torch.stack(
                 [val[w * c : w * c + c + 1] for w in range(start, min(start + batch, windows))]
             )
-            logits = self.model(rows[:, :-1])
+            with self.runtime.autocast():
+                logits = self.model(rows[:, :-1]).float()
             total += float(
                 F.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1), reduction="sum"
@@ -127,7 +146,7 @@ def run_lm(
 
     started = time.perf_counter()
     corpus = load_corpus(recipe)  # bad data fails before anything is written
-    open_run(
+    runtime = open_run(
         recipe,
         out,
         resume=resume,
@@ -155,12 +174,17 @@ def run_lm(
         "params": {},
         "models": {},
         "train": {},
+        "runtime": runtime.describe(),
     }
     for index, (name, m) in enumerate(recipe.models.items()):
         torch.manual_seed(recipe.seed + index)
         model = build_lm(name, m, corpus.size, recipe.data.context)
         task = LMTask(
-            model, corpus, context=recipe.data.context, batch_size=recipe.train.batch_size
+            model,
+            corpus,
+            context=recipe.data.context,
+            batch_size=recipe.train.batch_size,
+            runtime=runtime,
         )
         results["train"][name] = fit_model(
             task,

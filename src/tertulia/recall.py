@@ -31,6 +31,7 @@ from torch import nn
 from .build import count_parameters
 from .config import RecallModelConfig, RecallRecipe
 from .data.recall import RecallSet, RecallVocab, recall_set
+from .runtime import CPU, Runtime, on_cpu
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -59,6 +60,12 @@ def test_sets(recipe: RecallRecipe) -> dict[float, RecallSet]:
 
 
 def build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -> nn.Module:
+    """The model ``name`` (titans or sliding_attention), built on the CPU."""
+    with on_cpu():
+        return _build_recall_model(name, m, recipe)
+
+
+def _build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -> nn.Module:
     from .nn import lm
 
     vocab = vocab_of(recipe).size
@@ -79,14 +86,21 @@ def build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) ->
 class RecallTask:
     """Cross-entropy of the answer at the last position; a random distance per batch."""
 
-    def __init__(self, model: nn.Module, recipe: RecallRecipe):
-        self.model, self.recipe, self.vocab = model, recipe, vocab_of(recipe)
+    def __init__(self, model: nn.Module, recipe: RecallRecipe, *, runtime: Runtime = CPU):
+        self.runtime = runtime
+        self.model, self.recipe, self.vocab = runtime.place(model), recipe, vocab_of(recipe)
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last-position logits (float32) of ``tokens`` moved to the device, under autocast."""
+        with self.runtime.autocast():
+            return self.model(tokens.to(self.runtime.device))[:, -1].float()
 
     def sample_batch(self, generator: torch.Generator) -> RecallSet:
+        """A fresh batch, made on the CPU (the trainer moves it)."""
         d = self.recipe.data
         low, high = 2 * d.pairs, max(int(d.train_max * d.window), 2 * d.pairs)
-        distance = int(torch.randint(low, high + 1, (1,), generator=generator))
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        distance = int(torch.randint(low, high + 1, (1,), generator=generator, device="cpu"))
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device="cpu"))
         return recall_set(
             self.recipe.train.batch_size,
             distance=distance,
@@ -96,7 +110,7 @@ class RecallTask:
         )
 
     def loss(self, batch: RecallSet, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch.tokens)[:, -1]
+        logits = self.model(batch.tokens)[:, -1].float()
         loss = F.cross_entropy(logits, batch.label)
         acc = float((logits.argmax(-1) == batch.label).float().mean())
         return loss, {"loss": float(loss.detach()), "accuracy": acc}
@@ -107,8 +121,8 @@ class RecallTask:
         self.model.eval()
         right = 0
         for i in range(0, len(data), batch):
-            logits = self.model(data.tokens[i : i + batch])[:, -1]
-            right += int((logits.argmax(-1) == data.label[i : i + batch]).sum())
+            logits = self._logits(data.tokens[i : i + batch]).cpu()
+            right += int((logits.argmax(-1) == data.label[i : i + batch].cpu()).sum())
         self.model.train(was)
         return right / len(data)
 
@@ -121,7 +135,8 @@ class RecallTask:
             seed=self.recipe.seed + 99,
         )
         with torch.no_grad():
-            return float(F.cross_entropy(self.model(data.tokens)[:, -1], data.label))
+            logits = self._logits(data.tokens)
+            return float(F.cross_entropy(logits, data.label.to(logits.device)))
 
 
 def run_recall(
@@ -137,7 +152,7 @@ def run_recall(
 
     started = time.perf_counter()
     tests = test_sets(recipe)
-    open_run(
+    runtime = open_run(
         recipe,
         out,
         resume=resume,
@@ -168,11 +183,12 @@ def run_recall(
         "params": {},
         "models": {},
         "train": {},
+        "runtime": runtime.describe(),
     }
     for index, (name, m) in enumerate(recipe.models.items()):
         torch.manual_seed(recipe.seed + index)
         model = build_recall_model(name, m, recipe)
-        task = RecallTask(model, recipe)
+        task = RecallTask(model, recipe, runtime=runtime)
         results["train"][name] = fit_model(
             task,
             recipe.train,

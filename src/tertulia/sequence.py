@@ -23,6 +23,7 @@ from .config import SequenceRecipe
 from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
 from .nn.seqmodel import SequenceModel
 from .pipeline import close_run, fit_model, open_run
+from .runtime import on_cpu
 from .train.tasks import ClassifyTask
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -33,7 +34,12 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
 
 
 def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
-    """train / val / test splits of the recipe's data (val carved from train)."""
+    """train / val / test splits of the recipe's data (val carved from train), on the CPU."""
+    with on_cpu():
+        return _load_splits(recipe)
+
+
+def _load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
     d = recipe.data
     if d.kind == "delay_recall":
         splits = {
@@ -72,8 +78,15 @@ def build_sequence_model(
     the flattened ``steps × d_in`` inputs.
 
     HiPPO memories have no ``ssm_parameters`` (A and B are fixed buffers), so the
-    SSM learning-rate tagging below skips them.
+    SSM learning-rate tagging below skips them. Built on the CPU (the task moves it).
     """
+    with on_cpu():
+        return _build_sequence_model(recipe, d_in, classes, init, steps)
+
+
+def _build_sequence_model(
+    recipe: SequenceRecipe, d_in: int, classes: int, init: str, steps: int
+) -> nn.Module:
     m = recipe.model
     if m.kind == "mlp":
         from .nn.mlp import MLPClassifier
@@ -203,7 +216,7 @@ def run_sequence(
     started = time.perf_counter()
     splits = load_splits(recipe)  # bad data fails before anything is written
     train = splits["train"]
-    open_run(
+    runtime = open_run(
         recipe,
         out,
         resume=resume,
@@ -235,11 +248,12 @@ def run_sequence(
         "params": {},
         "models": {},
         "train": {},
+        "runtime": runtime.describe(),
     }
     for index, (name, init) in enumerate(inits.items()):
         torch.manual_seed(recipe.seed)  # equal seeds: the twins differ by their init only
         model = build_sequence_model(recipe, d_in, classes, init, steps=int(train.x.shape[1]))
-        task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size)
+        task = ClassifyTask(model, splits, batch_size=recipe.train.batch_size, runtime=runtime)
         results["train"][name] = fit_model(
             task,
             recipe.train,

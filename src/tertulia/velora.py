@@ -66,6 +66,7 @@ from .errors import RunDirError
 from .nn.arith import rel_loss
 from .nn.text_experts import LanguageExpert, MathExpert
 from .nn.velora import EXPERTS, TYPES, Velora, as_inputs
+from .runtime import CPU, Runtime, on_cpu
 from .train import has_checkpoint, load_checkpoint
 from .train.stages import LayerGroup, freeze, unfreeze
 
@@ -211,14 +212,15 @@ def encode_data(data: VeloraData, recipe: VeloraRecipe) -> Encoded:
 
 
 def _rows(n: int, batch: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(n, (min(batch, n),), generator=generator)
+    return torch.randint(n, (min(batch, n),), generator=generator, device=generator.device)
 
 
 class MathTask:
     """Phase 1, math: the expert's own loss on random training batches."""
 
-    def __init__(self, model: MathExpert, data: Encoded, batch_size: int):
-        self.model, self.data, self.batch_size = model, data, batch_size
+    def __init__(self, model: MathExpert, data: Encoded, batch_size: int, runtime: Runtime = CPU):
+        self.runtime = runtime
+        self.model, self.data, self.batch_size = runtime.place(model), data, batch_size
 
     def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
         return _rows(len(self.data.math["train"].rows), self.batch_size, generator)
@@ -237,7 +239,7 @@ class MathTask:
         so it is a poor judge of the answers; this is the quantity that matters.
         """
         s = self.data.math["val"]
-        with torch.no_grad():
+        with torch.no_grad(), self.runtime.autocast():
             value = self.model(s.enc).value
         return 1.0 - float(within(value, s.answer).double().mean())
 
@@ -245,30 +247,43 @@ class MathTask:
 class LanguageTask:
     """Phase 1, language: cross-entropy of the query type."""
 
-    def __init__(self, model: LanguageExpert, data: Encoded, batch_size: int):
-        self.model, self.data, self.batch_size = model, data, batch_size
+    def __init__(
+        self, model: LanguageExpert, data: Encoded, batch_size: int, runtime: Runtime = CPU
+    ):
+        self.runtime = runtime
+        self.model, self.data, self.batch_size = runtime.place(model), data, batch_size
 
     def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
         return _rows(len(self.data.language["train"].rows), self.batch_size, generator)
 
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.data.language["train"]
-        logits = self.model(s.enc[batch])
+        logits = self.model(s.enc[batch]).float()
         loss = F.cross_entropy(logits, s.label[batch])
         acc = (logits.argmax(-1) == s.label[batch]).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc)}
 
     def validation(self) -> float:
         s = self.data.language["val"]
-        with torch.no_grad():
-            return float(F.cross_entropy(self.model(s.enc), s.label))
+        with torch.no_grad(), self.runtime.autocast():
+            logits = self.model(s.enc).float()
+        return float(F.cross_entropy(logits, s.label))
 
 
 class SystemTask:
     """Phases 2 and 3: the whole system on mixed batches (see the module docstring)."""
 
-    def __init__(self, model: Velora, data: Encoded, recipe: VeloraRecipe, batch_size: int):
-        self.model, self.data, self.recipe, self.batch_size = model, data, recipe, batch_size
+    def __init__(
+        self,
+        model: Velora,
+        data: Encoded,
+        recipe: VeloraRecipe,
+        batch_size: int,
+        runtime: Runtime = CPU,
+    ):
+        self.runtime = runtime
+        self.model, self.data = runtime.place(model), data
+        self.recipe, self.batch_size = recipe, batch_size
 
     def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
         return _rows(self.data.mixed["train"].domain.shape[0], self.batch_size, generator)
@@ -300,15 +315,15 @@ class SystemTask:
         if is_lang.any():
             rows = is_lang.nonzero().squeeze(1)
             label = s.label[batch][rows]
-            fl = F.cross_entropy(out.output["type_logits"][rows], label)
+            fl = F.cross_entropy(out.output["type_logits"][rows].float(), label)
             logs["language_fused_loss"] = float(fl.detach())
             part = fl
             if any(p.requires_grad for p in g.parameters()):
-                ll = F.cross_entropy(g(enc[rows]), label)
+                ll = F.cross_entropy(g(enc[rows]).float(), label)
                 logs["language_loss"] = float(ll.detach())
                 part = part + ll
             task = task + part * is_lang.float().mean()
-        route = F.cross_entropy(out.router.logits, dom)
+        route = F.cross_entropy(out.router.logits.float(), dom)
         aux = r.balance * out.router.balance + r.z_loss * out.router.z_loss
         logs.update(
             task_loss=float(task.detach()),
@@ -322,22 +337,25 @@ class SystemTask:
 
     def validation(self) -> float:
         """1 − mixed score on the validation split (lower is better)."""
-        return 1.0 - judge_system(self.model, self.data.mixed["val"])["mixed_score"]
+        return 1.0 - judge_system(self.model, self.data.mixed["val"], self.runtime)["mixed_score"]
 
 
 # --------------------------------------------------------------------- judging
 
 
-def _predict_batches(fn: Callable[[EncodedText], Any], enc: EncodedText, size: int = 512):
-    return [fn(enc[slice(i, i + size)]) for i in range(0, len(enc), size)]
+def _predict_batches(
+    fn: Callable[[EncodedText], Any], enc: EncodedText, runtime: Runtime, size: int = 512
+) -> list[Any]:
+    with runtime.autocast():
+        return [fn(enc[slice(i, i + size)]) for i in range(0, len(enc), size)]
 
 
 @torch.no_grad()
-def judge_math(model: MathExpert, s: MathSet) -> dict[str, Any]:
+def judge_math(model: MathExpert, s: MathSet, runtime: Runtime = CPU) -> dict[str, Any]:
     """Op accuracy, order accuracy, MSE, share within 1 % (all and per op), ms per item."""
     model.eval()
     t0 = time.perf_counter()
-    outs = _predict_batches(model, s.enc)
+    outs = _predict_batches(model, s.enc, runtime)
     ms = 1e3 * (time.perf_counter() - t0) / max(len(s.rows), 1)
     value = torch.cat([o.value for o in outs])
     op_pred = torch.cat([o.op_logits.argmax(-1) for o in outs])
@@ -364,15 +382,15 @@ def judge_math(model: MathExpert, s: MathSet) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def judge_language(model: LanguageExpert, s: LanguageSet) -> dict[str, Any]:
+def judge_language(model: LanguageExpert, s: LanguageSet, runtime: Runtime = CPU) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class F1, confusion matrix, ms per item."""
     model.eval()
     t0 = time.perf_counter()
-    logits = torch.cat(_predict_batches(model, s.enc))
+    logits = torch.cat(_predict_batches(model, s.enc, runtime))
     ms = 1e3 * (time.perf_counter() - t0) / max(len(s.rows), 1)
     pred = logits.argmax(-1)
     k = len(TYPES)
-    conf = torch.zeros(k, k, dtype=torch.int64)
+    conf = torch.zeros(k, k, dtype=torch.int64, device="cpu")
     for t, p in zip(s.label.tolist(), pred.tolist(), strict=True):
         conf[t, p] += 1
     f1 = {}
@@ -392,23 +410,18 @@ def judge_language(model: LanguageExpert, s: LanguageSet) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def judge_system(model: Velora, s: MixedSet) -> dict[str, Any]:
+def judge_system(model: Velora, s: MixedSet, runtime: Runtime = CPU) -> dict[str, Any]:
     """Router accuracy (all, by domain, by op / query type, ambiguous), fused and oracle scores."""
     model.eval()
-    outs = [
-        model(as_inputs(s.enc[slice(i, i + 512)]), keep_experts=True)
-        for i in range(0, len(s.enc), 512)
-    ]
+    outs = _predict_batches(lambda enc: model(as_inputs(enc), keep_experts=True), s.enc, runtime)
     routed = torch.cat([o.router.logits.argmax(-1) for o in outs])
     probs = torch.cat([o.router.probs for o in outs])
     value = torch.cat([o.output["value"] for o in outs])
     types = torch.cat([o.output["type_logits"].argmax(-1) for o in outs])
     # oracle: each expert run on everything (dense), then picked by the true domain
-    oracle_value = torch.cat(
-        [model.math(s.enc[slice(i, i + 512)]).value for i in range(0, len(s.enc), 512)]
-    )
+    oracle_value = torch.cat([o.value for o in _predict_batches(model.math, s.enc, runtime)])
     oracle_types = torch.cat(
-        [model.language(s.enc[slice(i, i + 512)]).argmax(-1) for i in range(0, len(s.enc), 512)]
+        [o.argmax(-1) for o in _predict_batches(model.language, s.enc, runtime)]
     )
     is_math = s.domain == 0
     right = torch.where(is_math, within(value, s.answer), types == s.label)
@@ -484,7 +497,7 @@ def explain(model: Velora, s: MixedSet, count: int, seed: int) -> list[dict[str,
     rest = (~s.ambiguous).nonzero().squeeze(1).tolist()
     pick = gen.sample(amb, min(len(amb), count // 2))
     pick += gen.sample(rest, min(len(rest), count - len(pick)))
-    rows = torch.tensor(pick, dtype=torch.int64)
+    rows = torch.tensor(pick, dtype=torch.int64, device=s.domain.device)
     enc = s.enc[rows]
     model.eval()
     probs, attr = model.explain(as_inputs(enc))
@@ -508,26 +521,32 @@ def explain(model: Velora, s: MixedSet, count: int, seed: int) -> list[dict[str,
 
 
 def build_experts(recipe: VeloraRecipe) -> tuple[MathExpert, LanguageExpert]:
+    """The two experts, seeded and built on the CPU, then moved to the recipe's device."""
     torch.manual_seed(recipe.seed)
     m, g = recipe.math, recipe.language
-    math_expert = MathExpert(m.d_model, m.layers, m.d_state)
-    language = LanguageExpert(g.d_model, len(TYPES), layers=g.layers, d_state=g.d_state)
-    return math_expert, language
+    runtime = Runtime.of(recipe)
+    with on_cpu():
+        math_expert = MathExpert(m.d_model, m.layers, m.d_state)
+        language = LanguageExpert(g.d_model, len(TYPES), layers=g.layers, d_state=g.d_state)
+    return runtime.place(math_expert), runtime.place(language)
 
 
 def build_velora(recipe: VeloraRecipe, math_expert: MathExpert, language: LanguageExpert) -> Velora:
+    """The system around the experts (router and fusion built on the CPU), on their device."""
     torch.manual_seed(recipe.seed + 1)
     r = recipe.router
-    return Velora(
-        math_expert,
-        language,
-        router_width=r.d_model,
-        k=r.k,
-        noisy=r.noisy,
-        hidden=r.hidden,
-        capacity_factor=r.capacity_factor,
-        fusion=recipe.fusion.kind,
-    )
+    with on_cpu():
+        model = Velora(
+            math_expert,
+            language,
+            router_width=r.d_model,
+            k=r.k,
+            noisy=r.noisy,
+            hidden=r.hidden,
+            capacity_factor=r.capacity_factor,
+            fusion=recipe.fusion.kind,
+        )
+    return Runtime.of(recipe).place(model)
 
 
 def _load_best(model: torch.nn.Module, out: Path, name: str, phase: str) -> None:
@@ -604,9 +623,12 @@ def run_velora(
         )
     if recipe.math.train.threads:
         torch.set_num_threads(recipe.math.train.threads)
+    runtime = Runtime.of(recipe)  # a device this machine lacks fails before anything is written
     started = time.perf_counter()
-    data = load_data(recipe)  # bad data fails before anything is written
-    enc = encode_data(data, recipe)
+    with on_cpu():
+        data = load_data(recipe)  # and so does bad data
+        enc = encode_data(data, recipe)
+    enc = runtime.to(enc)  # the (small) data sets live on the models' device
     sizes = {
         "math": {k: len(v) for k, v in data.math.items()},
         "language": {k: len(v) for k, v in data.language.items()},
@@ -645,6 +667,7 @@ def run_velora(
         "experts": {},
         "phases": {},
         "models": {},
+        "runtime": runtime.describe(),
     }
     if resume and metrics_path.exists():
         import json
@@ -679,7 +702,7 @@ def run_velora(
         ):
             cfg = getattr(recipe, name).train
             torch.manual_seed(recipe.seed + 10 + index)
-            task = task_cls(model, enc, cfg.batch_size)
+            task = task_cls(model, enc, cfg.batch_size, runtime)
             results["train"][name] = _fit(
                 task,
                 cfg,
@@ -689,7 +712,7 @@ def run_velora(
                 recipe=recipe,
                 on_event=on_event,
             )
-        _judge_experts(results, math_expert, language, enc)
+        _judge_experts(results, math_expert, language, enc, runtime)
         _mark(results, "experts")
         save()
     else:
@@ -700,7 +723,7 @@ def run_velora(
     results["params"]["velora"] = sum(p.numel() for p in velora.parameters())
     if "router" in run:
         freeze([velora.math, velora.language])
-        task = SystemTask(velora, enc, recipe, recipe.phase2.batch_size)
+        task = SystemTask(velora, enc, recipe, recipe.phase2.batch_size, runtime)
         results["train"]["router"] = _fit(
             task,
             recipe.phase2,
@@ -711,14 +734,14 @@ def run_velora(
             on_event=on_event,
         )
         unfreeze([velora.math, velora.language])
-        results["phases"]["router"] = _judge_phase(velora, enc)
+        results["phases"]["router"] = _judge_phase(velora, enc, runtime)
         _mark(results, "router")
         save()
     elif "finetune" in run:
         _load_best(velora, out, "router", phase)
 
     if "finetune" in run:
-        task = SystemTask(velora, enc, recipe, recipe.finetune.train.batch_size)
+        task = SystemTask(velora, enc, recipe, recipe.finetune.train.batch_size, runtime)
         results["train"]["finetune"] = _fit(
             task,
             recipe.finetune.train,
@@ -729,8 +752,8 @@ def run_velora(
             on_event=on_event,
             layer_groups=_layer_groups(velora, recipe),
         )
-        results["phases"]["finetune"] = _judge_phase(velora, enc)
-        _judge_experts(results, velora.math, velora.language, enc)
+        results["phases"]["finetune"] = _judge_phase(velora, enc, runtime)
+        _judge_experts(results, velora.math, velora.language, enc, runtime)
         _mark(results, "finetune")
 
     if "router" in results["phases_done"] or "finetune" in results["phases_done"]:
@@ -750,18 +773,24 @@ def _mark(results: dict[str, Any], phase: str) -> None:
         results["phases_done"].append(phase)
 
 
-def _judge_experts(results: dict[str, Any], m: MathExpert, g: LanguageExpert, enc: Encoded) -> None:
+def _judge_experts(
+    results: dict[str, Any],
+    m: MathExpert,
+    g: LanguageExpert,
+    enc: Encoded,
+    runtime: Runtime = CPU,
+) -> None:
     results["experts"] = {
-        "math": judge_math(m, enc.math["test"]),
-        "math_extrapolation": judge_math(m, enc.extrapolation),
-        "language": judge_language(g, enc.language["test"]),
+        "math": judge_math(m, enc.math["test"], runtime),
+        "math_extrapolation": judge_math(m, enc.extrapolation, runtime),
+        "language": judge_language(g, enc.language["test"], runtime),
     }
 
 
-def _judge_phase(model: Velora, enc: Encoded) -> dict[str, Any]:
+def _judge_phase(model: Velora, enc: Encoded, runtime: Runtime = CPU) -> dict[str, Any]:
     return {
-        "test": judge_system(model, enc.mixed["test"]),
-        "val": judge_system(model, enc.mixed["val"]),
+        "test": judge_system(model, enc.mixed["test"], runtime),
+        "val": judge_system(model, enc.mixed["val"], runtime),
     }
 
 

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 
 from .._io import atomic_write, atomic_write_json, atomic_write_text, json_safe
 from ..errors import ConfigError, RunDirError
+from ..runtime import Runtime
 from .pruning import SCOPES, Pruner, prunable, sparsity_report
 from .sparse_io import DTYPES, load_compressed, save_compressed
 from .targets import Target, run_targets
@@ -88,8 +89,8 @@ def check_settings(
 
 
 def _histogram(dense: torch.nn.Module, comp: torch.nn.Module) -> dict[str, list]:
-    w_dense = torch.cat([p.detach().flatten() for p in prunable(dense).values()]).numpy()
-    w_comp = torch.cat([p.detach().flatten() for p in prunable(comp).values()]).numpy()
+    w_dense = torch.cat([p.detach().flatten() for p in prunable(dense).values()]).cpu().numpy()
+    w_comp = torch.cat([p.detach().flatten() for p in prunable(comp).values()]).cpu().numpy()
     edge = float(np.abs(w_dense).max()) or 1.0
     edges = np.linspace(-edge, edge, 81)
     return {
@@ -142,7 +143,7 @@ def compress_model(
         dense_metrics = target.judge(dense)
     folder.mkdir(parents=True, exist_ok=True)
     dense_path = folder / f"{name}.dense.safetensors"
-    sd = {k: v.detach().contiguous() for k, v in dense.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in dense.state_dict().items()}
     atomic_write(dense_path, lambda tmp: save_file(sd, tmp))
 
     model = copy.deepcopy(dense)
@@ -230,12 +231,14 @@ def compress_run(
     lr: float | None = None,
     prune_until: float = 0.4,
     models: list[str] | None = None,
+    device: str | None = None,
     on_event: EventFn = _noop,
 ) -> dict[str, Any]:
     """Prune, fine-tune and store every model of the run ``run_dir`` into ``out``.
 
     ``models`` limits the work to those model names (default: all of the run's);
-    ``finetune_steps`` defaults to each model's own number of training steps.
+    ``finetune_steps`` defaults to each model's own number of training steps; ``device``
+    (``cpu``, ``cuda``, ``cuda:N``, ``auto``) replaces the run's ``runtime.device``.
     """
     from ..report import build_report
 
@@ -253,7 +256,8 @@ def compress_run(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RunDirError(f"{out} is not empty; choose another --out")
-    recipe, targets = run_targets(Path(run_dir))  # RunDirError for runs without networks
+    # RunDirError for runs without networks; ConfigError for a device this machine lacks
+    recipe, targets = run_targets(Path(run_dir), device=device)
     known = [t.name for t in targets]
     if models is not None:
         unknown = sorted(set(models) - set(known))
@@ -286,6 +290,7 @@ def compress_run(
         "models": {},
         "layers": {},
         "histograms": {},
+        "runtime": Runtime.of(recipe).describe(),
     }
     for target in targets:
         steps = target.train.steps if finetune_steps is None else finetune_steps

@@ -72,7 +72,7 @@ def prunable(model: nn.Module, *, include_bias: bool = False) -> dict[str, nn.Pa
 def _keep_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     # bool mask of the `keep` largest scores (ties: earlier position wins)
     flat = scores.flatten()
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if keep > 0:
         # stable sort on −score gives a deterministic tie order
         order = torch.sort(-flat.double(), stable=True).indices

@@ -56,7 +56,7 @@ def _pack(t: torch.Tensor, dtype: str) -> dict[str, torch.Tensor] | None:
         scale = float(values.abs().max()) / 127.0 if values.numel() else 1.0
         scale = scale or 1.0
         out["__values__"] = torch.round(values.double() / scale).clamp(-127, 127).to(torch.int8)
-        out["__scale__"] = torch.tensor([scale], dtype=torch.float32)
+        out["__scale__"] = torch.tensor([scale], dtype=torch.float32, device="cpu")
     else:
         out["__values__"] = values.to(DTYPES[dtype])
     packed = sum(v.numel() * v.element_size() for v in out.values())
@@ -122,7 +122,7 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         values = raw[f"{name}.__values__"]
         if f"{name}.__scale__" in raw:
             values = values.double() * float(raw[f"{name}.__scale__"][0])
-        dense = torch.zeros(n, dtype=dt)
+        dense = torch.zeros(n, dtype=dt, device="cpu")
         if int(bits.sum()) != values.numel():
             raise RunDirError(f"{path}: tensor {name} has a mask and values that disagree")
         dense[torch.from_numpy(bits)] = values.to(dt)

@@ -47,13 +47,14 @@ class Target:
     seed: int
 
 
-def run_targets(run_dir: Path) -> tuple[Any, list[Target]]:
-    """The recipe of ``run_dir`` and a :class:`Target` per trained model (RunDirError if none)."""
+def run_targets(run_dir: Path, *, device: str | None = None) -> tuple[Any, list[Target]]:
+    """The recipe of ``run_dir`` and a :class:`Target` per trained model (RunDirError if none),
+    on the run's ``runtime.device`` or on ``device``."""
     from ..pipeline import require_run_dir
 
-    recipe = require_run_dir(run_dir)
+    recipe = require_run_dir(run_dir).with_runtime(device)
     if isinstance(recipe, Recipe):
-        return recipe, _forecast_targets(run_dir)
+        return recipe, _forecast_targets(run_dir, device)
     if isinstance(recipe, SequenceRecipe):
         return recipe, _sequence_targets(run_dir, recipe)
     if isinstance(recipe, VeloraRecipe):
@@ -64,11 +65,11 @@ def run_targets(run_dir: Path) -> tuple[Any, list[Target]]:
     )
 
 
-def _forecast_targets(run_dir: Path) -> list[Target]:
+def _forecast_targets(run_dir: Path, device: str | None) -> list[Target]:
     from ..data import load_dataset
     from ..pipeline import load_run, make_task
 
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, device=device)
     recipe = loaded.recipe
     splits = load_dataset(recipe.data)
 
@@ -101,14 +102,15 @@ def sequence_target(
     name: str, model: nn.Module, splits: dict[str, Any], recipe: SequenceRecipe, index: int
 ) -> Target:
     """A sequence classifier of a run (its ``index``-th model) as a :class:`Target`."""
+    from ..runtime import Runtime
     from ..train.tasks import ClassifyTask
 
-    batch = recipe.train.batch_size
+    batch, runtime = recipe.train.batch_size, Runtime.of(recipe)
     return Target(
         name=name,
         model=model,
-        make_task=lambda m: ClassifyTask(m, splits, batch_size=batch),
-        judge=lambda m: ClassifyTask(m, splits, batch_size=batch).scores("test"),
+        make_task=lambda m: ClassifyTask(m, splits, batch_size=batch, runtime=runtime),
+        judge=lambda m: ClassifyTask(m, splits, batch_size=batch, runtime=runtime).scores("test"),
         metric="accuracy",
         higher_is_better=True,
         train=recipe.train,
@@ -133,6 +135,7 @@ def _sequence_targets(run_dir: Path, recipe: SequenceRecipe) -> list[Target]:
 
 
 def _velora_targets(run_dir: Path, recipe: VeloraRecipe) -> list[Target]:
+    from ..runtime import Runtime, on_cpu
     from ..velora import (
         SystemTask,
         build_experts,
@@ -151,7 +154,10 @@ def _velora_targets(run_dir: Path, recipe: VeloraRecipe) -> list[Target]:
             f"{run_dir} has no trained VELORA system yet; run its phases first "
             f"('tertulia run {recipe.name} --out {run_dir}')"
         )
-    enc = encode_data(load_data(recipe), recipe)
+    runtime = Runtime.of(recipe)
+    with on_cpu():
+        enc = encode_data(load_data(recipe), recipe)
+    enc = runtime.to(enc)
     model = build_velora(recipe, *build_experts(recipe))
     groups, _ = load_checkpoint(run_dir / "checkpoint" / phase / "best")
     model.load_state_dict(groups["model"])
@@ -161,8 +167,8 @@ def _velora_targets(run_dir: Path, recipe: VeloraRecipe) -> list[Target]:
         Target(
             name="velora",
             model=model,
-            make_task=lambda m: SystemTask(m, enc, recipe, cfg.batch_size),
-            judge=lambda m: judge_system(m, enc.mixed["test"]),
+            make_task=lambda m: SystemTask(m, enc, recipe, cfg.batch_size, runtime),
+            judge=lambda m: judge_system(m, enc.mixed["test"], runtime),
             metric="mixed_score",
             higher_is_better=True,
             train=cfg,

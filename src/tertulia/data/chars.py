@@ -61,7 +61,7 @@ def char_corpus(text: str, *, val_fraction: float = 0.1, min_split: int = 2) -> 
         raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
-    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    ids = torch.tensor([index[c] for c in text], dtype=torch.int64, device="cpu")
     cut = int(round(len(ids) * (1.0 - val_fraction)))
     if cut < min_split or len(ids) - cut < min_split:
         raise DataError(

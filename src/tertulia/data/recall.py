@@ -58,12 +58,16 @@ def recall_set(
     if n < 1:
         raise DataError(f"n={n} must be >= 1")
     gen = torch.Generator().manual_seed(seed)
-    keys = torch.stack([torch.randperm(v.keys, generator=gen)[:pairs] for _ in range(n)])
+    cpu = gen.device  # the data is made on the CPU; tasks move it
+    rows = torch.arange(n, device=cpu)
+    keys = torch.stack(
+        [torch.randperm(v.keys, generator=gen, device=cpu)[:pairs] for _ in range(n)]
+    )
     values = v.keys + torch.stack(
-        [torch.randperm(v.values, generator=gen)[:pairs] for _ in range(n)]
+        [torch.randperm(v.values, generator=gen, device=cpu)[:pairs] for _ in range(n)]
     )
     # which pair is asked: its value sits 2·(P − 1 − j) + 1 + gap + 1 steps before the query key
-    j = torch.randint(pairs, (n,), generator=gen)
+    j = torch.randint(pairs, (n,), generator=gen, device=cpu)
     offset = 2 * (pairs - 1 - j) + 2  # steps from value j to the query key when gap = 0
     min_distance = 2 * (pairs - 1) + 2
     if distance < min_distance:
@@ -71,14 +75,14 @@ def recall_set(
     gap = distance - offset  # (n,) per sequence; pad the shorter gaps at the start
     longest = int(gap.max())
     length = 2 * pairs + longest + 2
-    tokens = torch.empty(n, length, dtype=torch.int64)
-    fill = v.keys + v.values + torch.randint(v.fillers, (n, length), generator=gen)
+    tokens = torch.empty(n, length, dtype=torch.int64, device=cpu)
+    fill = v.keys + v.values + torch.randint(v.fillers, (n, length), generator=gen, device=cpu)
     tokens.copy_(fill)
     for s in range(n):
         start = longest - int(gap[s])  # leading fillers keep every sequence the same length
-        pos = start + 2 * torch.arange(pairs)
+        pos = start + 2 * torch.arange(pairs, device=cpu)
         tokens[s, pos] = keys[s]
         tokens[s, pos + 1] = values[s]
     tokens[:, -2] = v.query
-    tokens[:, -1] = keys[torch.arange(n), j]
-    return RecallSet(tokens=tokens, label=values[torch.arange(n), j], distance=distance)
+    tokens[:, -1] = keys[rows, j]
+    return RecallSet(tokens=tokens, label=values[rows, j], distance=distance)
