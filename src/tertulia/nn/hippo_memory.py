@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ShapeError
+from ..runtime import float32, full_precision
 from .hippo import hippo_legs, legs_transitions, random_memory_matrix
 
 MEMORY_INITS = ("legs", "random")
@@ -114,8 +115,12 @@ class HippoMemory(nn.Module):
         return torch.stack(cs, dim=0).reshape(L, batch, H, self.N).transpose(0, 1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """(B, L, H) -> (B, L, H): memory recurrence, readout C and skip D, GELU, output."""
-        return self._readout(self.memory(u), u)
+        """(B, L, H) -> (B, L, H): memory recurrence, readout C and skip D, GELU, output.
+        The recurrence runs in float32 or float64, outside autocast."""
+        with full_precision(u):
+            (u,) = float32(u)
+            c = self.memory(u)
+        return self._readout(c, u)
 
     def reference(self, u: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` by the literal per-step formulas (float64 inverse each step); slow."""

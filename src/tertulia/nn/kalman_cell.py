@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import float32, full_precision
 from .stacked import StackedLinear
 
 LOG_P_MIN = -18.0
@@ -171,6 +172,12 @@ class KalmanCellBank(nn.Module):
 
     def innovation_log_var(self, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """``log diag S`` with ``S = H P⁻ Hᵀ + diag(r)``: ``(B, n, d_o)`` (diagnostics)."""
+        with full_precision(s):
+            return self._innovation_log_var(*float32(s, m, e))
+
+    def _innovation_log_var(
+        self, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor
+    ) -> torch.Tensor:
         _, p = self.split(s)
         p_prior = torch.einsum("bni,nio->bno", p, self.transition().pow(2)) + self.process_noise()
         var = torch.einsum("bnh,nhk->bnk", p_prior, self.obs.pow(2)) + self.measurement_noise(e)
@@ -180,6 +187,10 @@ class KalmanCellBank(nn.Module):
 
     def step(self, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # s: (B, n, d), m: (B, n, d_m), e: (B, n, d_o) -> (B, n, d)
+        with full_precision(s):  # a Kalman recursion: never in bf16
+            return self._step(*float32(s, m, e))
+
+    def _step(self, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         mu, p = self.split(s)
         mu_prior = self.predict(torch.cat([mu, m], dim=-1))  # (B, n, d_h)
         p_prior = torch.einsum("bni,nio->bno", p, self.transition().pow(2)) + self.process_noise()
@@ -192,6 +203,10 @@ class KalmanCellBank(nn.Module):
 
     def step_one(self, i: int, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # s: (B, d), m: (B, d_m), e: (B, d_o) -> (B, d), cell i only
+        with full_precision(s):
+            return self._step_one(i, *float32(s, m, e))
+
+    def _step_one(self, i: int, s: torch.Tensor, m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         mu, p = self.split(s)
         a_t = self.transition()[i]  # (d_h, d_h) = A_iᵀ
         h_t = self.obs[i]  # (d_h, d_o) = H_iᵀ

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ShapeError
+from ..runtime import float32, full_precision
 from .hippo import S4D_INITS, discretize_bilinear, discretize_zoh, s4d_init
 
 KERNEL_INITS = (*S4D_INITS, "random")
@@ -247,13 +248,15 @@ class S4D(nn.Module):
         """(B, L, H) -> (B, L, H) through the FFT convolution."""
         self._check_seq(u)
         L = u.shape[1]
-        k = self.kernel.kernel(L, dtype=u.dtype)  # (H or 2H, L)
-        if self.bidirectional:
-            k_fwd, k_bwd = k[: self.H], k[self.H :]
-            # positions 2L−1−j of the circular kernel = shift by −(j+1): anti-causal taps.
-            k = F.pad(k_fwd, (0, L)) + F.pad(k_bwd.flip(-1), (L, 0))
-        ut = u.transpose(1, 2)  # (B, H, L)
-        v = _fft_conv(ut, k) + self.D.to(u.dtype)[:, None] * ut
+        with full_precision(u):  # the kernel and its FFT convolution never in bf16
+            (u,) = float32(u)
+            k = self.kernel.kernel(L, dtype=u.dtype)  # (H or 2H, L)
+            if self.bidirectional:
+                k_fwd, k_bwd = k[: self.H], k[self.H :]
+                # positions 2L−1−j of the circular kernel = shift by −(j+1): anti-causal taps.
+                k = F.pad(k_fwd, (0, L)) + F.pad(k_bwd.flip(-1), (L, 0))
+            ut = u.transpose(1, 2)  # (B, H, L)
+            v = _fft_conv(ut, k) + self.D.to(u.dtype)[:, None] * ut
         return self._head(v.transpose(1, 2))
 
     # -- recurrent mode -------------------------------------------------------

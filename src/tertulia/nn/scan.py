@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ShapeError
+from ..runtime import float32, full_precision
 
 Impl = Literal["fast", "numba", "chunked", "sequential"]
 
@@ -439,8 +440,27 @@ def selective_scan(
     ``impl``: ``"fast"`` (numba kernel if available, else chunked), ``"numba"``,
     ``"chunked"`` or ``"sequential"`` (see the module docstring). The numba
     kernel runs on CPU tensors of float32/float64; other devices or dtypes fall
-    back to the chunked scan.
+    back to the chunked scan. Under bf16 autocast the scan leaves autocast and runs in
+    float32 (half-precision inputs are cast up): a recurrence of L products is no place
+    for 8 mantissa bits.
     """
+    with full_precision(u):
+        u, delta, A, Bm, Cm = float32(u, delta, A, Bm, Cm)
+        Dskip = None if Dskip is None else float32(Dskip)[0]
+        z = None if z is None else float32(z)[0]
+        return _selective_scan(u, delta, A, Bm, Cm, Dskip, z, impl)
+
+
+def _selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    Bm: torch.Tensor,
+    Cm: torch.Tensor,
+    Dskip: torch.Tensor | None,
+    z: torch.Tensor | None,
+    impl: Impl,
+) -> torch.Tensor:
     if impl == "sequential":
         return selective_scan_sequential(u, delta, A, Bm, Cm, Dskip, z)
     if impl not in ("fast", "numba", "chunked"):

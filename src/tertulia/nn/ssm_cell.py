@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import float32, full_precision
 from .cells import CellBank
 from .stacked import StackedLinear
 
@@ -155,7 +156,12 @@ class SSMCellBank(nn.Module):
         return out[0], out[1]
 
     def scan(self, u: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        """y (B, n, P, h) of the bidirectional SSM over u (B, n, P, h) with steps dt (B, n, h)."""
+        """y (B, n, P, h) of the bidirectional SSM over u (B, n, P, h) with steps dt (B, n, h);
+        the kernels and the FFT convolution run in float32 or float64, outside autocast."""
+        with full_precision(u):
+            return self._scan(*float32(u, dt))
+
+    def _scan(self, u: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         kf, kb = self.kernels(dt)  # (B, n, h, P) each
         P = self.patch
         # One circular convolution of length 2P holds both directions: lag l ≥ 0 sits

@@ -77,6 +77,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import float32, full_precision
+
 READ_MODES = ("chunk", "token")
 
 
@@ -299,11 +301,32 @@ class NeuralMemory(nn.Module):
             state = self.initial_state(b)
         else:
             self._check_state(state, b)
-        weights, momenta = list(state.weights), list(state.momenta)
         k = F.normalize(self.to_k(x), dim=-1)
         v = self.to_v(x)
         q = F.normalize(self.to_q(x), dim=-1)
         theta, eta, alpha = gates if gates is not None else self.gate_values(x)
+        with full_precision(x):  # the test-time writes and reads: float32 under bf16 autocast
+            reads, weights, momenta = self._write_and_read(
+                state, *float32(k, v, q, theta, eta, alpha)
+            )
+        y = self.out(torch.cat(reads, dim=1)) if reads else self.out(x[:, :0])
+        if return_state:
+            return y, MemoryState(weights, momenta)
+        return y
+
+    def _write_and_read(
+        self,
+        state: MemoryState,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q: torch.Tensor,
+        theta: torch.Tensor,
+        eta: torch.Tensor,
+        alpha: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The chunk loop of :meth:`forward`: (reads per chunk, end weights, end momenta)."""
+        weights, momenta = list(state.weights), list(state.momenta)
+        length = k.shape[1]
         per_token = self.read_mode == "token"
         reads = []
         for c0 in range(0, length, self.chunk):
@@ -312,7 +335,7 @@ class NeuralMemory(nn.Module):
             th = theta[:, c0:c1] * self.clip_scale(factors)  # θ_t times the clip factor
             et, al = eta[:, c0:c1], alpha[:, c0:c1]
             c = c1 - c0
-            rows = torch.arange(0 if per_token else c, c + 1, device=x.device)
+            rows = torch.arange(0 if per_token else c, c + 1, device=k.device)
             keep, sig, w = _coefficients(th, et, al, rows)
             if per_token:
                 reads.append(
@@ -325,7 +348,4 @@ class NeuralMemory(nn.Module):
             weights, momenta = self._end_state(
                 weights, momenta, factors, th, et, keep[:, -1], sig[:, -1], w[:, -1]
             )
-        y = self.out(torch.cat(reads, dim=1)) if reads else self.out(x[:, :0])
-        if return_state:
-            return y, MemoryState(weights, momenta)
-        return y
+        return reads, weights, momenta
