@@ -40,6 +40,14 @@ out_console = Console()
 T = TypeVar("T")
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="Where the models run: cpu, cuda, cuda:N or auto (CUDA when there is a GPU); "
+        "default: the recipe's runtime.device (cpu).",
+    ),
+]
 
 
 def _guard(debug: bool, fn: Callable[[], T]) -> T:
@@ -269,14 +277,24 @@ def run(
             "continues a run: --resume DIR --phase router.",
         ),
     ] = "all",
+    device: DeviceOpt = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="fp32, or bf16: forward passes under bfloat16 autocast (weights, optimiser "
+            "state and losses stay fp32); default: the recipe's runtime.precision (fp32).",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train the orchestra and its baselines on a recipe, evaluate, write the report."""
 
     def _run() -> None:
         from . import config, pipeline
+        from .runtime import Runtime
 
-        worker = _init_worker()
+        worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if resume is not None:
             if out is not None:
                 raise RunDirError("--resume continues a run in place; drop --out")
@@ -287,13 +305,20 @@ def run(
             saved = pipeline.require_run_dir(resume)
             if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
                 raise RunDirError(f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}")
-            rec, target = saved, resume
+            if precision is not None and precision != saved.runtime.precision:
+                raise RunDirError(
+                    f"{resume} trains in {saved.runtime.precision} (runtime.precision in its "
+                    f"config.yaml); --precision {precision} would change the run: start a new "
+                    "run instead"
+                )
+            rec, target = saved.with_runtime(device), resume
         else:
             rec = config.load_recipe(recipe or "burgers", set_ or [])
             if data_dir is not None:
                 rec = config.load_recipe(
                     recipe or "burgers", [*(set_ or []), *_data_dir_sets(rec, data_dir)]
                 )
+            rec = rec.with_runtime(device, precision)
             if out is None:
                 target = pipeline.fresh_run_dir(Path("runs") / rec.name)
             else:
@@ -314,6 +339,10 @@ def run(
                 words += ["--set", assignment]
             if data_dir is not None:
                 words += ["--data-dir", str(data_dir)]
+            if precision is not None:
+                words += ["--precision", precision]
+        if device is not None:
+            words += ["--device", device]
         if phase != "all":
             words += ["--phase", phase]
         batch = getattr(getattr(rec, "train", None), "batch_size", None)
@@ -322,10 +351,17 @@ def run(
                 f"--nproc {nproc} must divide train.batch_size={batch}: every worker takes "
                 "an equal slice of the global batch"
             )
+        runtime = Runtime.of(rec)  # a device this machine lacks fails here, before any work
         if nproc > 1 and not worker:
+            if runtime.is_cuda and nproc > _cuda_count():
+                raise ConfigError(
+                    f"--nproc {nproc} on --device cuda needs a GPU per worker; this machine "
+                    f"has {_cuda_count()}"
+                )
             _launch(words, nproc)  # the workers come back here, in the branch below
             return
         if worker:
+            _init_worker(runtime)
             words += ["--nproc", os.environ.get("WORLD_SIZE", "1")]
         command = "tertulia " + shlex.join(words)
         progress = _progress()
@@ -370,16 +406,22 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _init_worker() -> bool:
-    """In a process started by ``--nproc`` (or torchrun): join the process group; True then."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _init_worker(runtime: Any) -> None:
+    """In a process started by ``--nproc`` (or torchrun): join the process group, with NCCL
+    on this rank's GPU when the run is on CUDA (``cuda:LOCAL_RANK``), else gloo."""
     import torch
     import torch.distributed as dist
 
+    if runtime.is_cuda:
+        torch.cuda.set_device(runtime.device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True
+        dist.init_process_group("nccl" if runtime.is_cuda else "gloo")
 
 
 def _launch(words: list[str], nproc: int) -> None:
@@ -427,6 +469,16 @@ def sweep(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Sweep directory (default sweeps/<recipe>).")
     ] = None,
+    device: DeviceOpt = None,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(
+            "--gpus-per-trial",
+            min=0,
+            help="GPUs Ray reserves for each trial on --device cuda (a fraction shares one; "
+            "default 1).",
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run a grid of recipe overrides as parallel trials on Ray Tune; summarise the metric."""
@@ -447,6 +499,8 @@ def sweep(
                 mode=mode,
                 address=address,
                 cpus=cpus,
+                device=device,
+                gpus_per_trial=gpus_per_trial,
             )
         table = Table(title=f"sweep — {recipe} ({res['metric']})")
         for col in ("trial", "overrides", res["metric"], "seconds"):
@@ -509,6 +563,7 @@ def show(
 @app.command("eval")
 def eval_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by 'tertulia run'.")],
+    device: DeviceOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Re-evaluate a run's checkpoints on the test split; rewrites metrics.json and the report."""
@@ -516,7 +571,7 @@ def eval_(
     def _eval() -> None:
         from . import pipeline
 
-        _print_metrics(pipeline.evaluate_run(run_dir))
+        _print_metrics(pipeline.evaluate_run(run_dir, device=device))
         out_console.print(f"metrics: {run_dir / 'metrics.json'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _eval)
@@ -587,6 +642,7 @@ def compress(
         Path | None,
         typer.Option("--out", "-o", help="New run directory (default RUN_DIR-compressed)."),
     ] = None,
+    device: DeviceOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Prune a run's models, fine-tune with the masks enforced, store them sparse, judge them."""
@@ -608,6 +664,7 @@ def compress(
                 scope=scope,
                 lr=lr,
                 models=models,
+                device=device,
                 on_event=_ProgressEvents(progress),
             )
         finally:

@@ -3,7 +3,8 @@
 Every point of the grid (the cross product of the ``--grid key=v1,v2`` lists),
 repeated ``trials`` times with seeds ``seed, seed+1, …``, is one trial: a whole
 ``tertulia run`` of the recipe with those ``--set`` overrides, in its own run
-directory ``OUT/trial-NNN``. Ray Tune schedules the trials (one CPU each) on
+directory ``OUT/trial-NNN``. Ray Tune schedules the trials (one CPU each; with
+``--device cuda`` also ``--gpus-per-trial`` GPUs, default 1, which Ray assigns) on
 this machine (local mode) or on a Ray cluster (``address``); a trial that fails
 is reported with its error and the sweep goes on. The summary (``sweep.json``,
 a table and a plot of the metric across trials, ``report.html``) is written
@@ -100,6 +101,31 @@ def lookup(metrics: dict[str, Any], path: str) -> float:
     return float(node)
 
 
+def trial_resources(
+    spec: str, *, local: bool, gpus_per_trial: float | None = None
+) -> dict[str, float]:
+    """What Ray reserves for each trial of a sweep on device ``spec``: one CPU, and on CUDA
+    ``gpus_per_trial`` GPUs (default 1). On this machine (``local``) the device is resolved,
+    so a GPU it lacks fails before any trial; on a cluster the workers have the GPUs, and
+    ``auto`` asks for them only when ``gpus_per_trial`` is given."""
+    from .runtime import check_device_spec, resolve_device
+
+    spec = check_device_spec(spec)
+    if spec.startswith("cuda:"):
+        raise ConfigError(
+            f"device {spec}: Ray hands every trial its own GPU; use --device cuda "
+            "(and --gpus-per-trial to share one)"
+        )
+    if local:
+        on_gpu = resolve_device(spec).type == "cuda"
+    else:
+        on_gpu = spec == "cuda" or (spec == "auto" and bool(gpus_per_trial))
+    resources: dict[str, float] = {"cpu": 1}
+    if on_gpu and gpus_per_trial != 0:
+        resources["gpu"] = 1.0 if gpus_per_trial is None else float(gpus_per_trial)
+    return resources
+
+
 def _trial(space: dict[str, Any]) -> None:
     """One Ray trial: ``tertulia run`` of the recipe with the trial's overrides."""
     import torch
@@ -109,7 +135,7 @@ def _trial(space: dict[str, Any]) -> None:
 
     config = space["trial"]
     torch.set_num_threads(1)
-    recipe = cfg.load_recipe(config["recipe"], config["sets"])
+    recipe = cfg.load_recipe(config["recipe"], config["sets"]).with_runtime(config.get("device"))
     out = Path(config["out"])
     t0 = time.perf_counter()
     metrics = pipeline.run(recipe, out, command="tertulia sweep trial " + " ".join(config["sets"]))
@@ -132,15 +158,24 @@ def run_sweep(
     mode: str = "auto",
     address: str | None = None,
     cpus: int | None = None,
+    device: str | None = None,
+    gpus_per_trial: float | None = None,
 ) -> dict[str, Any]:
-    """Run every trial with Ray Tune; write and return the summary."""
+    """Run every trial with Ray Tune; write and return the summary.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) replaces the recipe's
+    ``runtime.device`` in every trial; on CUDA Ray reserves ``gpus_per_trial`` GPUs
+    (default 1; a fraction lets trials share a GPU) for each trial and hands it its own.
+    """
     from . import config as cfg
 
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"--mode must be auto, min or max, got {mode!r}")
-    base = cfg.load_recipe(recipe_name, [])
+    base = cfg.load_recipe(recipe_name, []).with_runtime(device)
+    spec = base.runtime.device
+    resources = trial_resources(spec, local=address is None, gpus_per_trial=gpus_per_trial)
     if metric is None and base.task not in LOWER:
         raise ConfigError(f"a {base.task} recipe has no training metric to sweep over")
     all_sets = trial_sets(grid, trials, base.seed)
@@ -171,11 +206,12 @@ def run_sweep(
                 "sets": sets,
                 "out": str(out / f"trial-{i:03d}"),
                 "metric": metric,
+                "device": device,
             }
             for i, sets in enumerate(all_sets)
         ]
         tuner = tune.Tuner(
-            tune.with_resources(_trial, {"cpu": 1}),
+            tune.with_resources(_trial, resources),
             param_space={"trial": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(num_samples=1),
             run_config=tune.RunConfig(
@@ -225,6 +261,8 @@ def run_sweep(
         "trials_per_point": trials,
         "metric": name,
         "lower_is_better": lower,
+        "device": spec,
+        "resources_per_trial": resources,
         "rows": rows,
         "failed": sum("error" in r for r in rows),
         "best": best,
