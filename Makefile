@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/seq_mnist.py
 	$(BIN)/python benchmarks/compress.py
 	$(BIN)/python benchmarks/ddp.py
+	$(BIN)/python benchmarks/precision.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
