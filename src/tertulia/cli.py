@@ -353,6 +353,11 @@ def run(
             )
         runtime = Runtime.of(rec)  # a device this machine lacks fails here, before any work
         if nproc > 1 and not worker:
+            if runtime.is_cuda and ":" in rec.runtime.device:
+                raise ConfigError(
+                    f"--nproc {nproc} gives every worker its own GPU (cuda:LOCAL_RANK); "
+                    f"use --device cuda, not {rec.runtime.device}"
+                )
             if runtime.is_cuda and nproc > _cuda_count():
                 raise ConfigError(
                     f"--nproc {nproc} on --device cuda needs a GPU per worker; this machine "

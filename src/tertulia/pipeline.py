@@ -428,7 +428,7 @@ def evaluate_robustness(
             on_event("robustness", {"what": "ood", "conditions": list(sets)})
             out["ood"] = {
                 name: evaluate_ood(
-                    runtime.place(model),
+                    model,
                     splits["test"],
                     sets,
                     window=recipe.data.window,
@@ -441,7 +441,7 @@ def evaluate_robustness(
         on_event("robustness", {"what": "adversarial", "eps": ev.adversarial.eps})
         out["adversarial"] = {
             name: evaluate_adversarial(
-                runtime.place(model),
+                model,
                 splits["test"],
                 ev.adversarial,
                 window=recipe.data.window,
