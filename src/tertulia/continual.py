@@ -76,15 +76,16 @@ def nrmse(model: torch.nn.Module, split: Split, runtime: Runtime = CPU) -> float
     return float((pred - batch.u).pow(2).mean().sqrt() / batch.u.pow(2).mean().sqrt())
 
 
-def build_models(recipe: ContinualRecipe) -> dict[str, tuple[ContinuumMLP, Any]]:
-    """Name → (network, optimiser); every network starts from the same weights."""
+def build_models(
+    recipe: ContinualRecipe, runtime: Runtime = CPU
+) -> dict[str, tuple[ContinuumMLP, Any]]:
+    """Name → (network on ``runtime``'s device, optimiser); every network starts from the
+    same weights."""
     from .optim import MultiFrequency
 
     m, d = recipe.model, recipe.data
     inputs, outputs = d.window * d.grid, d.grid
     lr, wd = recipe.train.lr, recipe.train.weight_decay
-
-    runtime = Runtime.of(recipe)
 
     def net(periods: list[int]) -> ContinuumMLP:
         torch.manual_seed(recipe.seed)
@@ -116,10 +117,11 @@ def train_stream(
     optimizer: Any,
     regimes: list[dict[str, Split]],
     on_event: EventFn = _noop,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
-    """Train ``model`` on the regimes in order; the error matrix, curves and forgetting."""
+    """Train ``model`` on the regimes in order (forwards under ``runtime``'s autocast); the
+    error matrix, curves and forgetting."""
     steps, batch = recipe.train.steps, recipe.train.batch_size
-    runtime = Runtime.of(recipe)
     gen = torch.Generator().manual_seed(recipe.seed + 1)  # same batches for every model
     total = steps * len(regimes)
     on_event("train_start", {"model": name, "total": total})
@@ -175,11 +177,11 @@ def run_continual(
     The job takes minutes and keeps no checkpoints: ``--resume`` runs it again.
     """
     started = time.perf_counter()
-    device = Runtime.of(recipe).device  # a device this machine lacks fails first
-    regimes = load_regimes(recipe, device)  # bad data fails before anything is written
+    runtime = Runtime.of(recipe)  # a device this machine lacks fails first
+    regimes = load_regimes(recipe, runtime.device)  # bad data fails before anything is written
     from .pipeline import close_run, open_run
 
-    runtime = open_run(
+    open_run(
         recipe,
         out,
         resume=resume,
@@ -213,8 +215,8 @@ def run_continual(
         "curves": {},
         "runtime": runtime.describe(),
     }
-    for name, (model, optimizer) in build_models(recipe).items():
-        res = train_stream(recipe, name, model, optimizer, regimes, on_event)
+    for name, (model, optimizer) in build_models(recipe, runtime).items():
+        res = train_stream(recipe, name, model, optimizer, regimes, on_event, runtime)
         results["curves"][name] = res.pop("curve")
         results["models"][name] = res
         results["params"][name] = count_parameters(model)
