@@ -33,7 +33,7 @@ def _train(steps: int, warmup: int, recipe_name: str, batch: int) -> float:
     """Examples per second of the timed steps (this process's view of the global batch)."""
     from tertulia.config import load_recipe
     from tertulia.data import load_dataset
-    from tertulia.pipeline import build_models, make_task
+    from tertulia.jobs.forecast import build_models, make_task
     from tertulia.train import Trainer
 
     recipe = load_recipe(recipe_name, [f"train.batch_size={batch}"])

@@ -52,7 +52,7 @@ from torch.nn.utils import parametrize
 from tertulia import build
 from tertulia.config import load_recipe
 from tertulia.data import load_dataset
-from tertulia.pipeline import build_models, check_splits, make_task
+from tertulia.jobs.forecast import build_models, check_splits, make_task
 from tertulia.solvers import SolverSpec
 from tertulia.train import Trainer, load_checkpoint
 from tertulia.train.tasks import Split

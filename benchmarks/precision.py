@@ -32,7 +32,7 @@ import torch
 def _orchestra(precision: str, device: str, sets: list[str]) -> tuple[Any, int]:
     from tertulia.config import load_recipe
     from tertulia.data import load_dataset
-    from tertulia.pipeline import build_models, make_task
+    from tertulia.jobs.forecast import build_models, make_task
 
     recipe = load_recipe(
         "burgers", [*sets, f"runtime.precision={precision}", f"runtime.device={device}"]
@@ -44,7 +44,7 @@ def _orchestra(precision: str, device: str, sets: list[str]) -> tuple[Any, int]:
 
 def _transformer(precision: str, device: str, sets: list[str]) -> tuple[Any, int]:
     from tertulia.config import load_recipe
-    from tertulia.lm import LMTask, build_lm, load_corpus
+    from tertulia.jobs.lm import LMTask, build_lm, load_corpus
     from tertulia.runtime import Runtime
 
     recipe = load_recipe("hope-lm", [f"runtime.precision={precision}", f"runtime.device={device}"])

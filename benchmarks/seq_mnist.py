@@ -12,12 +12,12 @@ Two settings:
 * ``rows``    28 steps × 28 channels (one image row per step)
 * ``pixels``  784 steps × 1 channel (one pixel per step, row-major)
 
-For each setting, two S4D stacks (``tertulia.sequence.build_sequence_model``)
+For each setting, two S4D stacks (``tertulia.jobs.sequence.build_sequence_model``)
 identical in every hyper-parameter and seed except ``model.init`` — ``legs``
 (S4D-LegS: the diagonal of HiPPO-LegS's normal part, LegS B) and ``random``
 (Re Λ ~ −U(0.1, 1), Im Λ ~ U(0, πN/2), B = 1) — are trained the way
 ``tertulia run`` trains a ``task: sequence`` recipe (``ClassifyTask`` +
-``pipeline.fit_in_run``: the shared Trainer, warm-up + cosine, clipping, EMA
+``runs.fit_in_run``: the shared Trainer, warm-up + cosine, clipping, EMA
 weights, checkpoints into a temporary directory). Pooling is the last step by
 default, so the classifier must carry the whole image through the recurrence.
 
@@ -46,8 +46,8 @@ import torch
 from tertulia.build import count_parameters
 from tertulia.config import SequenceDataConfig, SequenceModelConfig, SequenceRecipe, TrainConfig
 from tertulia.data.sequences import SequenceSplit
-from tertulia.pipeline import fit_in_run
-from tertulia.sequence import build_sequence_model, load_splits
+from tertulia.jobs.sequence import build_sequence_model, load_splits
+from tertulia.runs import fit_in_run
 from tertulia.train.tasks import ClassifyTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def run_setting(a: argparse.Namespace, setting: str, out: Path) -> list[dict[str
     run_dir = out / setting
     run_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    # the same order, names and seeds as tertulia.sequence.run_sequence
+    # the same order, names and seeds as tertulia.jobs.sequence.run_sequence
     for index, init in enumerate(INITS):
         name = f"s4d_{init}"
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from tertulia import pipeline
+from tertulia import jobs
 from tertulia.cli import app
 from tertulia.config import ConfigError, IslandRecipe, SeriesRecipe, load_recipe
 from tertulia.errors import RunDirError
@@ -103,7 +103,7 @@ def test_eval_refits_a_classical_run(nile_run):
     after = json.loads((nile_run / "metrics.json").read_text())["models"]["local_level"]
     assert after["sigma2_eps"] == pytest.approx(before["sigma2_eps"], rel=1e-12)
     with pytest.raises(RunDirError, match="no trained models"):
-        pipeline.load_run(nile_run)
+        jobs.load_run(nile_run)
 
 
 def test_nile_with_missing_values(tmp_path):

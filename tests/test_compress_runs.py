@@ -15,8 +15,8 @@ from tertulia.cli import app
 from tertulia.compress import load_compressed
 from tertulia.config import load_recipe
 from tertulia.data.sequences import read_mnist_dir
+from tertulia.jobs.sequence import build_sequence_model, load_splits
 from tertulia.nn.mlp import MLPClassifier
-from tertulia.sequence import build_sequence_model, load_splits
 
 from .test_data_sequences import MNIST
 from .test_velora import _sets as velora_sets

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from tertulia import build, pipeline
+from tertulia import build, runs
 from tertulia.config import Recipe, load_recipe, load_resolved, shipped_recipes
 from tertulia.errors import ConfigError
 
@@ -114,6 +117,22 @@ def test_resume_requires_a_run_directory(tmp_path):
     from tertulia.errors import RunDirError
 
     with pytest.raises(RunDirError, match="not a run directory"):
-        pipeline.require_run_dir(tmp_path)
+        runs.require_run_dir(tmp_path)
     with pytest.raises(RunDirError, match="does not exist"):
-        pipeline.require_run_dir(tmp_path / "missing")
+        runs.require_run_dir(tmp_path / "missing")
+
+
+def test_config_and_the_light_commands_import_without_torch():
+    """``tertulia.config`` never imports torch, and neither do ``import tertulia`` (its
+    public names load on first use) and the CLI module: ``--help`` and ``recipes`` start
+    in well under a second."""
+    code = (
+        "import sys\n"
+        "import tertulia, tertulia.config, tertulia.cli\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'burgers' in tertulia.config.shipped_recipes()\n"
+        "assert tertulia.load_run.__module__ == 'tertulia.jobs'\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -7,10 +7,10 @@ import torch
 
 from tertulia.config import ConfigError, load_recipe
 from tertulia.data.sequences import delay_recall
+from tertulia.jobs.sequence import build_sequence_model
 from tertulia.nn.hippo import hippo_legs, legs_transitions, random_memory_matrix
 from tertulia.nn.hippo_memory import HippoMemory
 from tertulia.nn.seqmodel import SequenceModel
-from tertulia.sequence import build_sequence_model
 
 
 @pytest.fixture(autouse=True)

@@ -228,8 +228,9 @@ def test_recipe_builds_a_kalman_orchestra_with_spectral_bound_and_blocks():
 
 def test_pipeline_trains_a_kalman_deq_orchestra_in_blocks(tmp_path):
     """DEQ + spectral bound + Jacobian penalty + block training, through the real pipeline."""
-    from tertulia import pipeline
+    from tertulia import jobs
     from tertulia.config import load_recipe
+    from tertulia.jobs import forecast
     from tertulia.train import load_checkpoint
 
     from .conftest import TINY
@@ -251,10 +252,10 @@ def test_pipeline_trains_a_kalman_deq_orchestra_in_blocks(tmp_path):
             "train.blocks.schedule=[[0, 1]]",
         ],
     )
-    metrics = pipeline.run(recipe, tmp_path / "run")
+    metrics = jobs.run(recipe, tmp_path / "run")
     orch = metrics["models"]["orchestra"]
     assert all(math.isfinite(v) for v in orch.values() if isinstance(v, float)), orch
-    start = pipeline.build_trainable_models(recipe)["orchestra"]  # same seed: initial weights
+    start = forecast.build_trainable_models(recipe)["orchestra"]  # same seed: initial weights
     assert isinstance(start.bank, KalmanCellBank)
     trained = load_checkpoint(tmp_path / "run" / "checkpoint" / "orchestra")[0]["model"]
     for name, p in start.bank.named_parameters():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tertulia.cli import app
 from tertulia.data.chars import char_corpus, pydoc_text, read_text
 from tertulia.errors import DataError
-from tertulia.lm import LMTask
+from tertulia.jobs.lm import LMTask
 from tertulia.nn.lm import band_mask, mamba_lm, transformer_lm
 
 
@@ -90,7 +90,7 @@ def test_bpc_of_a_uniform_model_is_log2_of_the_vocabulary():
 
 def test_hope_levels_carry_their_update_period():
     from tertulia.config import LMModelConfig
-    from tertulia.lm import build_lm
+    from tertulia.jobs.lm import build_lm
 
     model = build_lm("hope", LMModelConfig(d=8, layers=2, periods=[1, 4]), 11, 16)
     slow = [p for p in model.parameters() if getattr(p, "_optim", {}).get("period") == 4]

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from tertulia import pipeline
+from tertulia import jobs
 from tertulia.config import load_recipe
+from tertulia.jobs import forecast
 
 from .conftest import TINY
 
@@ -29,7 +30,7 @@ from .conftest import TINY
 )
 def test_pipeline_variants_produce_finite_metrics(tmp_path, variant):
     recipe = load_recipe("burgers", TINY + variant + ["baselines.persistence=false"])
-    metrics = pipeline.run(recipe, tmp_path / "run")
+    metrics = jobs.run(recipe, tmp_path / "run")
     orch = metrics["models"]["orchestra"]
     assert all(math.isfinite(v) for v in orch.values()), orch
     assert orch["rounds_mean"] == recipe.model.rounds
@@ -40,7 +41,7 @@ def test_pipeline_variants_produce_finite_metrics(tmp_path, variant):
 
 def test_messages_count_edges_of_the_chosen_graph(tmp_path):
     recipe = load_recipe("burgers", TINY + ["model.graph.coordinator=true", "baselines.mlp=false"])
-    orch = pipeline.run(recipe, tmp_path / "run")["models"]["orchestra"]
+    orch = jobs.run(recipe, tmp_path / "run")["models"]["orchestra"]
     edges = 8 + 2 * 4  # ring of 4 plus the coordinator's links both ways
     assert orch["messages_per_prediction"] == recipe.model.rounds * edges * recipe.model.d_msg
 
@@ -56,7 +57,7 @@ def test_messages_count_edges_of_the_chosen_graph(tmp_path):
 )
 def test_deq_pipeline_reports_solver_and_robustness(tmp_path, variant):
     recipe = load_recipe("burgers", TINY + ["train.mode=deq", "model.rounds=30", *variant])
-    metrics = pipeline.run(recipe, tmp_path / "run")
+    metrics = jobs.run(recipe, tmp_path / "run")
     orch = metrics["models"]["orchestra"]
     assert all(math.isfinite(v) for v in orch.values()), orch
     assert 1 <= orch["iterations_mean"] <= 30 and 0 <= orch["converged_fraction"] <= 1
@@ -91,7 +92,7 @@ def test_unconverged_forward_solves_are_counted_not_hidden(tmp_path):
         "burgers",
         TINY + ["train.mode=deq", "model.rounds=1", "model.tol=1e-12", "baselines.mlp=false"],
     )
-    metrics = pipeline.run(recipe, tmp_path / "run")
+    metrics = jobs.run(recipe, tmp_path / "run")
     assert metrics["train"]["orchestra"]["unconverged_fraction"] == 1.0
     assert metrics["models"]["orchestra"]["converged_fraction"] == 0.0
 
@@ -111,8 +112,8 @@ def test_block_training_leaves_the_other_cells_untouched(tmp_path):
             "eval.adversarial.enabled=false",
         ],
     )
-    pipeline.run(recipe, tmp_path / "run")
-    start = pipeline.build_trainable_models(recipe)["orchestra"]  # same seed: the initial weights
+    jobs.run(recipe, tmp_path / "run")
+    start = forecast.build_trainable_models(recipe)["orchestra"]  # same seed: the initial weights
     groups, _ = load_checkpoint(tmp_path / "run" / "checkpoint" / "orchestra")
     trained = groups["model"]
     rows_checked = 0

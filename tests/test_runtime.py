@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from tertulia import pipeline
+from tertulia import jobs
 from tertulia.cli import app
-from tertulia.compress.job import compress_run
 from tertulia.config import ConfigError, RuntimeConfig, load_recipe
+from tertulia.jobs import compress_run
 from tertulia.runtime import (
     CPU,
     Runtime,
@@ -366,7 +366,7 @@ def test_every_job_runs_with_a_foreign_default_device(job, tmp_path):
     recipe, sets = JOBS[job]
     rec = load_recipe(recipe, sets)
     with torch.device("meta"):
-        metrics = pipeline.run(rec, tmp_path / "run")
+        metrics = jobs.run(rec, tmp_path / "run")
     assert metrics["runtime"] == {"device": "cpu", "device_name": "cpu", "precision": "fp32"}
     values = list(_numbers(metrics["models"]))
     assert values and all(math.isfinite(v) for v in values)
@@ -375,9 +375,9 @@ def test_every_job_runs_with_a_foreign_default_device(job, tmp_path):
 
 def test_the_foreign_device_changes_no_number(tmp_path):
     rec = load_recipe("burgers", TINY)
-    plain = pipeline.run(rec, tmp_path / "plain")
+    plain = jobs.run(rec, tmp_path / "plain")
     with torch.device("meta"):
-        foreign = pipeline.run(rec, tmp_path / "foreign")
+        foreign = jobs.run(rec, tmp_path / "foreign")
     assert foreign["models"] == plain["models"]
 
 
@@ -387,9 +387,9 @@ QUICK = ["eval.ood.enabled=false", "eval.adversarial.enabled=false", "baselines.
 @pytest.mark.parametrize("recipe, sets", [("burgers", [*TINY, *QUICK]), JOBS["sequence-s4d"]])
 def test_eval_and_compress_run_with_a_foreign_default_device(recipe, sets, tmp_path):
     run = tmp_path / "run"
-    pipeline.run(load_recipe(recipe, sets), run)
+    jobs.run(load_recipe(recipe, sets), run)
     with torch.device("meta"):
-        again = pipeline.evaluate_run(run, device="cpu")
+        again = jobs.evaluate_run(run, device="cpu")
         res = compress_run(run, tmp_path / "c", sparsity=0.5, finetune_steps=2)
     assert again["models"]
     assert all(math.isfinite(e["compressed"]["metric"]) for e in res["models"].values())
@@ -400,7 +400,7 @@ def test_eval_and_compress_run_with_a_foreign_default_device(recipe, sets, tmp_p
 def test_classical_jobs_run_with_a_foreign_default_device(job, tmp_path):
     recipe, sets = CLASSICAL[job]
     with torch.device("meta"):
-        pipeline.run(load_recipe(recipe, sets), tmp_path / "run")
+        jobs.run(load_recipe(recipe, sets), tmp_path / "run")
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
@@ -408,7 +408,7 @@ def test_classical_jobs_run_with_a_foreign_default_device(job, tmp_path):
 def test_classical_jobs_refuse_gpu_and_bf16(setting, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # even where there is one
     with pytest.raises(ConfigError, match="fitted on the CPU in float64"):
-        pipeline.run(load_recipe("nile", [setting]), tmp_path / "run")
+        jobs.run(load_recipe("nile", [setting]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -418,7 +418,7 @@ def test_classical_jobs_refuse_gpu_and_bf16(setting, tmp_path, monkeypatch):
 @pytest.mark.parametrize("job", ["forecast", "forecast-deq-kalman", "sequence-mamba", "lm"])
 def test_jobs_train_and_judge_in_bf16(job, tmp_path):
     recipe, sets = JOBS[job]
-    metrics = pipeline.run(load_recipe(recipe, [*sets, "runtime.precision=bf16"]), tmp_path / "r")
+    metrics = jobs.run(load_recipe(recipe, [*sets, "runtime.precision=bf16"]), tmp_path / "r")
     assert metrics["runtime"]["precision"] == "bf16"
     values = list(_numbers(metrics["models"]))
     assert values and all(math.isfinite(v) for v in values)
@@ -426,8 +426,8 @@ def test_jobs_train_and_judge_in_bf16(job, tmp_path):
 
 def test_bf16_forecast_stays_close_to_fp32(tmp_path):
     sets = [*TINY, "train.steps=30", "eval.ood.enabled=false", "eval.adversarial.enabled=false"]
-    full = pipeline.run(load_recipe("burgers", sets), tmp_path / "fp32")
-    half = pipeline.run(load_recipe("burgers", [*sets, "runtime.precision=bf16"]), tmp_path / "b")
+    full = jobs.run(load_recipe("burgers", sets), tmp_path / "fp32")
+    half = jobs.run(load_recipe("burgers", [*sets, "runtime.precision=bf16"]), tmp_path / "b")
     for name in ("orchestra", "mlp"):
         a, b = full["models"][name]["nrmse_1step"], half["models"][name]["nrmse_1step"]
         assert a != b  # bf16 really ran …
@@ -494,8 +494,8 @@ def test_sweep_resources_per_trial(monkeypatch):
 def test_library_models_follow_their_device(tmp_path):
     """load_run puts the models on the run's device (here the CPU) and they predict there."""
     run = tmp_path / "run"
-    pipeline.run(load_recipe("burgers", TINY), run)
-    loaded = pipeline.load_run(run, device="auto")
+    jobs.run(load_recipe("burgers", TINY), run)
+    loaded = jobs.load_run(run, device="auto")
     for model in loaded.models.values():
         assert all(p.device.type == "cpu" for p in model.parameters())
     rec = loaded.recipe

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tertulia.cli import app
 from tertulia.config import ConfigError, load_recipe
-from tertulia.sequence import build_sequence_model, load_splits
+from tertulia.jobs.sequence import build_sequence_model, load_splits
 
 from .test_data_sequences import MNIST
 

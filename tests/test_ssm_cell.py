@@ -181,9 +181,10 @@ def test_ssm_deq_reaches_a_fixed_point_with_spectral_bound():
 
 
 def test_recipe_selects_the_ssm_cell_and_its_comparison(tmp_path):
-    from tertulia import pipeline
+    from tertulia import jobs
     from tertulia.config import load_recipe
     from tertulia.errors import ConfigError
+    from tertulia.jobs import forecast
 
     from .conftest import TINY
 
@@ -198,10 +199,10 @@ def test_recipe_selects_the_ssm_cell_and_its_comparison(tmp_path):
             "baselines.persistence=false",
         ],
     )
-    models = pipeline.build_trainable_models(recipe)
+    models = forecast.build_trainable_models(recipe)
     assert isinstance(models["orchestra"].bank, SSMCellBank)
     assert "orchestra_trm" in models  # baselines.cell=auto compares with the TRM cell
-    metrics = pipeline.run(recipe, tmp_path / "run")
+    metrics = jobs.run(recipe, tmp_path / "run")
     for key in ("orchestra", "orchestra_trm"):
         row = metrics["models"][key]
         assert all(math.isfinite(v) for v in row.values() if isinstance(v, float)), row

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from tertulia import pipeline
 from tertulia.config import TrainConfig, load_recipe
 from tertulia.errors import TrainingDiverged
+from tertulia.jobs import forecast
 from tertulia.nn.heads import Prediction
 from tertulia.train import Trainer, has_checkpoint, learning_rate, load_checkpoint
 
@@ -181,8 +181,8 @@ def test_forecast_task_batches_and_loss():
     from tertulia.data import load_dataset
 
     splits = load_dataset(recipe.data)
-    models = pipeline.build_models(recipe, splits)
-    task = pipeline.make_task(recipe, models["orchestra"], splits)
+    models = forecast.build_models(recipe, splits)
+    task = forecast.make_task(recipe, models["orchestra"], splits)
     split = task.splits["train"]
     assert len(split) == 6 * (8 - 1 - 1)  # trajectories × usable times
     batch = split.batch(torch.tensor([0]))
@@ -200,9 +200,9 @@ def test_beta_nll_reweights_by_variance():
     from tertulia.data import load_dataset
 
     splits = load_dataset(recipe.data)
-    models = pipeline.build_models(recipe, splits)
-    task = pipeline.make_task(recipe, models["orchestra"], splits)
-    plain = pipeline.make_task(load_recipe("burgers", TINY), models["orchestra"], splits)
+    models = forecast.build_models(recipe, splits)
+    task = forecast.make_task(recipe, models["orchestra"], splits)
+    plain = forecast.make_task(load_recipe("burgers", TINY), models["orchestra"], splits)
     batch = task.sample_batch(torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     a = task.loss(batch)[1]["nll"]
@@ -264,7 +264,7 @@ def test_deq_with_stability_and_blocks_resumes_exactly(tmp_path):
     freezing, power-iteration vectors) is restored by resume: same weights at the end."""
     from tertulia.config import load_recipe
     from tertulia.data import load_dataset
-    from tertulia.pipeline import build_models, make_task
+    from tertulia.jobs.forecast import build_models, make_task
 
     from .conftest import TINY
 

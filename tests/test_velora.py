@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from tertulia.cli import app
 from tertulia.config import load_recipe
+from tertulia.jobs.velora import build_experts, build_velora, within
 from tertulia.nn.velora import Velora
 from tertulia.train import load_checkpoint
-from tertulia.velora import build_experts, build_velora, within
 
 runner = CliRunner()
 TINY = [

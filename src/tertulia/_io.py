@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,9 @@ def _umask() -> int:
 
 def secondary_rank() -> bool:
     """True in the ranks > 0 of a ``torch.distributed`` run: they write no files."""
-    import sys
-
     if "torch.distributed" not in sys.modules:
         return False
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: loaded only where a distributed run has it
 
     return dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
 

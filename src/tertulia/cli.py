@@ -64,7 +64,7 @@ def _guard(debug: bool, fn: Callable[[], T]) -> T:
 
 
 class _ProgressEvents:
-    """Turns pipeline events into a rich progress bar (one task per model)."""
+    """Turns job events into a rich progress bar (one task per model)."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
@@ -291,7 +291,7 @@ def run(
     """Train the orchestra and its baselines on a recipe, evaluate, write the report."""
 
     def _run() -> None:
-        from . import config, pipeline
+        from . import config, jobs, runs  # lazy: torch stays off --help, recipes, show
         from .runtime import Runtime
 
         worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -302,7 +302,7 @@ def run(
                 raise RunDirError(
                     "--set and --data-dir cannot change a run on --resume; start a new run instead"
                 )
-            saved = pipeline.require_run_dir(resume)
+            saved = runs.require_run_dir(resume)
             if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
                 raise RunDirError(f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}")
             if precision is not None and precision != saved.runtime.precision:
@@ -320,13 +320,13 @@ def run(
                 )
             rec = rec.with_runtime(device, precision)
             if out is None:
-                target = pipeline.fresh_run_dir(Path("runs") / rec.name)
+                target = runs.fresh_run_dir(Path("runs") / rec.name)
             else:
                 target = out
                 if worker:  # the launcher checked it; rank 0 may already be writing
                     pass
                 elif target.exists() and (not target.is_dir() or any(target.iterdir())):
-                    what = "holds a run" if pipeline.is_run_dir(target) else "is not empty"
+                    what = "holds a run" if runs.is_run_dir(target) else "is not empty"
                     raise RunDirError(
                         f"{target} {what}; continue it with --resume {target} "
                         "or choose another --out"
@@ -372,7 +372,7 @@ def run(
         progress = _progress()
         quiet = worker and _rank() != 0
         try:
-            metrics = pipeline.run(
+            metrics = jobs.run(
                 rec,
                 target,
                 resume=resume is not None,
@@ -406,13 +406,13 @@ def _noop_event(event: str, payload: dict[str, Any]) -> None:
 
 
 def _rank() -> int:
-    import torch.distributed as dist
+    import torch.distributed as dist  # lazy: torch stays off --help, recipes, show
 
     return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _cuda_count() -> int:
-    import torch
+    import torch  # lazy: torch stays off --help, recipes, show
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -420,7 +420,7 @@ def _cuda_count() -> int:
 def _init_worker(runtime: Any) -> None:
     """In a process started by ``--nproc`` (or torchrun): join the process group, with NCCL
     on this rank's GPU when the run is on CUDA (``cuda:LOCAL_RANK``), else gloo."""
-    import torch
+    import torch  # lazy: torch stays off --help, recipes, show
     import torch.distributed as dist
 
     if runtime.is_cuda:
@@ -433,7 +433,7 @@ def _launch(words: list[str], nproc: int) -> None:
     """Start ``nproc`` workers running ``tertulia <words>`` with torch's elastic launcher
     (what ``torchrun --standalone --nproc-per-node N -m tertulia …`` does: one node, a free
     port found by the launcher); wait for them."""
-    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import get_args_parser  # lazy: torch stays off --help, recipes, show
     from torch.distributed.run import run as elastic_run
 
     args = get_args_parser().parse_args(
@@ -489,11 +489,11 @@ def sweep(
     """Run a grid of recipe overrides as parallel trials on Ray Tune; summarise the metric."""
 
     def _sweep() -> None:
-        from . import pipeline
+        from .runs import fresh_run_dir  # lazy: torch stays off --help, recipes, show
         from .sweep import parse_grid, run_sweep
 
         name = Path(recipe).stem
-        target = out or pipeline.fresh_run_dir(Path("sweeps") / name)
+        target = out or fresh_run_dir(Path("sweeps") / name)
         with console.status("running trials on Ray Tune …"):
             res = run_sweep(
                 recipe,
@@ -528,6 +528,7 @@ def sweep(
 @app.command()
 def recipes() -> None:
     """List the shipped recipes with a one-line description."""
+    # lazy: torch stays off --help, recipes, show
     from .config import recipe_description, shipped_recipes
 
     table = Table(title="shipped recipes")
@@ -552,7 +553,7 @@ def show(
     """Print the resolved recipe (every key, defaults filled in, overrides applied) as YAML."""
 
     def _show() -> None:
-        from .config import load_recipe
+        from .config import load_recipe  # lazy: torch stays off --help, recipes, show
 
         out_console.print(
             load_recipe(recipe, set_ or []).to_yaml(),
@@ -574,9 +575,9 @@ def eval_(
     """Re-evaluate a run's checkpoints on the test split; rewrites metrics.json and the report."""
 
     def _eval() -> None:
-        from . import pipeline
+        from .jobs import evaluate_run  # lazy: torch stays off --help, recipes, show
 
-        _print_metrics(pipeline.evaluate_run(run_dir, device=device))
+        _print_metrics(evaluate_run(run_dir, device=device))
         out_console.print(f"metrics: {run_dir / 'metrics.json'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _eval)
@@ -590,7 +591,7 @@ def report(
     """Rebuild report.html (and its figures) from a run directory."""
 
     def _report() -> None:
-        from .report import build_report
+        from .report import build_report  # lazy: torch stays off --help, recipes, show
 
         if not run_dir.is_dir():
             raise RunDirError(f"{run_dir} does not exist; give a run directory")
@@ -653,7 +654,7 @@ def compress(
     """Prune a run's models, fine-tune with the masks enforced, store them sparse, judge them."""
 
     def _compress() -> None:
-        from .compress.job import compress_run
+        from .jobs import compress_run  # lazy: torch stays off --help, recipes, show
 
         target = out or run_dir.with_name(run_dir.name + "-compressed")
         progress = _progress()
@@ -715,13 +716,14 @@ def export(
     """Export a run's models to ONNX and check them against PyTorch with onnxruntime."""
 
     def _export() -> None:
-        import json
+        import json  # lazy: torch stays off --help, recipes, show
 
-        import torch
+        import torch  # lazy: torch stays off --help, recipes, show
 
+        # lazy: torch stays off --help, recipes, show
         from .compress.export import check_onnx, export_onnx
         from .compress.sparse_io import load_compressed
-        from .pipeline import load_run
+        from .jobs import load_run
 
         if not onnx:
             raise ConfigError("choose a format: --onnx")

@@ -34,8 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe
+import torch
+
+from . import config as cfg
+from . import jobs
+from ._io import atomic_write_json, json_safe
 from .errors import ConfigError, UserError
+from .runtime import check_device_spec, resolve_device
 
 LOWER = {
     "forecast": True,
@@ -108,8 +113,6 @@ def trial_resources(
     ``gpus_per_trial`` GPUs (default 1). On this machine (``local``) the device is resolved,
     so a GPU it lacks fails before any trial; on a cluster the workers have the GPUs, and
     ``auto`` asks for them only when ``gpus_per_trial`` is given."""
-    from .runtime import check_device_spec, resolve_device
-
     spec = check_device_spec(spec)
     if spec.startswith("cuda:"):
         raise ConfigError(
@@ -128,22 +131,17 @@ def trial_resources(
 
 def _trial(space: dict[str, Any]) -> None:
     """One Ray trial: ``tertulia run`` of the recipe with the trial's overrides."""
-    import torch
-
-    from . import config as cfg
-    from . import pipeline
-
     config = space["trial"]
     torch.set_num_threads(1)
     recipe = cfg.load_recipe(config["recipe"], config["sets"]).with_runtime(config.get("device"))
     out = Path(config["out"])
     t0 = time.perf_counter()
-    metrics = pipeline.run(recipe, out, command="tertulia sweep trial " + " ".join(config["sets"]))
+    metrics = jobs.run(recipe, out, command="tertulia sweep trial " + " ".join(config["sets"]))
     if config["metric"]:
         name, value = config["metric"], lookup(metrics, config["metric"])
     else:
         name, value = main_metric(recipe.task, metrics)
-    from ray import tune
+    from ray import tune  # lazy: the optional [sweep] extra
 
     tune.report({"metric": value, "metric_name": name, "seconds": time.perf_counter() - t0})
 
@@ -167,8 +165,6 @@ def run_sweep(
     ``runtime.device`` in every trial; on CUDA Ray reserves ``gpus_per_trial`` GPUs
     (default 1; a fraction lets trials share a GPU) for each trial and hands it its own.
     """
-    from . import config as cfg
-
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if mode not in ("auto", "min", "max"):
@@ -183,7 +179,7 @@ def run_sweep(
         cfg.load_recipe(recipe_name, sets)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose another --out")
-    try:
+    try:  # lazy: the optional [sweep] extra
         import ray
         from ray import tune
     except ImportError:
@@ -273,42 +269,6 @@ def run_sweep(
 
 
 def _report(out: Path, summary: dict[str, Any]) -> None:
-    from .report import html as page
-    from .report import plots
+    from .report.sweep import build_sweep_report  # lazy: matplotlib only for a report
 
-    rows = summary["rows"]
-    done = [r for r in rows if "error" not in r and r.get("metric") is not None]
-    parts = [f"<h1>{page._e('tertulia sweep: ' + summary['recipe'])}</h1>"]
-    table = "".join(
-        f"<tr><th scope='row'>{page._e(r['trial'])}</th><td>{page._e(' '.join(r['sets']))}</td>"
-        f"<td>{page._e(page._format_value(r.get('metric')) if 'error' not in r else 'failed')}"
-        f"</td><td>{page._e(r.get('error', ''))}</td></tr>"
-        for r in rows
-    )
-    parts.append(
-        "<section><h2>Trials</h2><table class='metrics'><thead><tr><th>trial</th>"
-        f"<th>overrides</th><th>{page._e(summary['metric'])}</th><th>error</th></tr></thead>"
-        f"<tbody>{table}</tbody></table></section>"
-    )
-    if done:
-        fig = plots._new_figure(6.0, 3.0)
-        ax = fig.add_subplot(1, 1, 1)
-        ax.bar(range(len(done)), [r["metric"] for r in done])
-        ax.set_xticks(
-            range(len(done)),
-            [" ".join(r["sets"]) for r in done],
-            rotation=30,
-            ha="right",
-            fontsize=6,
-        )
-        ax.set_ylabel(summary["metric"])
-        figure = page._Figure(
-            "sweep",
-            "Metric across trials",
-            f"{summary['metric']} of every finished trial "
-            f"({'lower' if summary['lower_is_better'] else 'higher'} is better).",
-            plots.figure_png(fig),
-        )
-        atomic_write_bytes(out / "sweep.png", figure.png)
-        parts.append("<section><h2>Figure</h2>" + page._figure_html(figure) + "</section>")
-    atomic_write_text(out / page.REPORT_FILE, page.document(f"sweep {summary['recipe']}", parts))
+    build_sweep_report(out, summary)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.heads import Prediction
+from ..solvers import Unrolled
 
 
 class _Outputs(nn.Module):
@@ -45,8 +47,6 @@ class _Outputs(nn.Module):
 
 def exportable(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with a fixed number of rounds, in eval mode, returning tensors."""
-    from ..solvers import Unrolled
-
     m = copy.deepcopy(model).eval()
     solver = getattr(m, "solver", None)
     if solver is not None:
@@ -63,8 +63,6 @@ def export_onnx(
     model: nn.Module, example: torch.Tensor, path: str | os.PathLike
 ) -> tuple[nn.Module, Path]:
     """Write ``model`` as ONNX (batch axis dynamic); returns (the exported copy, path)."""
-    import warnings
-
     wrapped = exportable(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +85,7 @@ def export_onnx(
 
 def check_onnx(path: str | os.PathLike, wrapped: nn.Module, example: torch.Tensor) -> float:
     """Largest |onnxruntime − PyTorch| over the outputs for ``example``."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: the optional [export] extra
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"x": example.numpy()})

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .._io import atomic_write, atomic_write_json, atomic_write_text, json_safe
+from .._io import atomic_write
 from ..errors import ConfigError, RunDirError
-from ..runtime import Runtime
-from .pruning import SCOPES, Pruner, prunable, sparsity_report
+from ..runs import Event, EventFn, close_run, no_event, open_run
+from ..train import Trainer
+from .pruning import SCHEDULES, SCOPES, Pruner, prunable, sparsity_report
 from .sparse_io import DTYPES, load_compressed, save_compressed
-from .targets import Target, run_targets
-
-EventFn = Callable[[str, dict[str, Any]], None]
-
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
+from .targets import Target
 
 
 def _nonzero(model: torch.nn.Module) -> int:
@@ -68,8 +62,6 @@ def check_settings(
     prune_until: float,
 ) -> None:
     """ConfigError (one line) for settings :func:`compress_model` cannot use."""
-    from .pruning import SCHEDULES
-
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
     if schedule not in SCHEDULES:
@@ -115,7 +107,7 @@ def compress_model(
     tag: str = "",
     label: str | None = None,
     dense_metrics: dict[str, Any] | None = None,
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Prune and fine-tune a copy of ``target.model``; store it in ``folder``; judge it.
 
@@ -125,8 +117,6 @@ def compress_model(
     events name the model ``label`` (default its name). Returns
     ``{"dense", "compressed", "seconds", "layers", "histogram"}``.
     """
-    from ..train import Trainer
-
     check_settings(
         sparsity=sparsity,
         schedule=schedule,
@@ -178,7 +168,8 @@ def compress_model(
 
         def on_step(step: int, total: int, logs: dict) -> None:
             pruner.step(step)
-            on_event("step", {"model": label or name, "step": step, "total": total, "logs": logs})
+            payload = {"model": label or name, "step": step, "total": total, "logs": logs}
+            on_event(Event.STEP, payload)
 
         trainer.on_step = on_step
         trainer.fit()
@@ -218,9 +209,8 @@ def compress_model(
     }
 
 
-def compress_run(
-    run_dir: str | Path,
-    out: str | Path,
+def check_request(
+    out: Path,
     *,
     sparsity: float = 0.8,
     schedule: str = "cubic",
@@ -228,20 +218,11 @@ def compress_run(
     threshold: float | None = None,
     dtype: str = "fp16",
     scope: str = "global",
-    lr: float | None = None,
     prune_until: float = 0.4,
-    models: list[str] | None = None,
-    device: str | None = None,
-    on_event: EventFn = _noop,
-) -> dict[str, Any]:
-    """Prune, fine-tune and store every model of the run ``run_dir`` into ``out``.
-
-    ``models`` limits the work to those model names (default: all of the run's);
-    ``finetune_steps`` defaults to each model's own number of training steps; ``device``
-    (``cpu``, ``cuda``, ``cuda:N``, ``auto``) replaces the run's ``runtime.device``.
-    """
-    from ..report import build_report
-
+    **_: Any,  # the other settings of compress_targets, checked when they are used
+) -> None:
+    """ConfigError or RunDirError (one line) for a compression request that cannot run,
+    before any model is loaded: bad settings, or an ``out`` that is not empty."""
     check_settings(
         sparsity=sparsity,
         schedule=schedule,
@@ -256,8 +237,43 @@ def compress_run(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise RunDirError(f"{out} is not empty; choose another --out")
-    # RunDirError for runs without networks; ConfigError for a device this machine lacks
-    recipe, targets = run_targets(Path(run_dir), device=device)
+
+
+def compress_targets(
+    recipe: Any,
+    targets: list[Target],
+    source: str | Path,
+    out: str | Path,
+    *,
+    sparsity: float = 0.8,
+    schedule: str = "cubic",
+    finetune_steps: int | None = None,
+    threshold: float | None = None,
+    dtype: str = "fp16",
+    scope: str = "global",
+    lr: float | None = None,
+    prune_until: float = 0.4,
+    models: list[str] | None = None,
+    on_event: EventFn = no_event,
+) -> dict[str, Any]:
+    """Prune, fine-tune and store the ``targets`` of the run ``source`` (recipe ``recipe``)
+    into the new run directory ``out``; write its metrics.json and report.
+
+    ``models`` limits the work to those model names (default: all the targets);
+    ``finetune_steps`` defaults to each model's own number of training steps. The
+    targets come from the run's job (:func:`tertulia.jobs.compress_run` finds them).
+    """
+    check_request(
+        Path(out),
+        sparsity=sparsity,
+        schedule=schedule,
+        finetune_steps=finetune_steps,
+        threshold=threshold,
+        dtype=dtype,
+        scope=scope,
+        prune_until=prune_until,
+    )
+    out, run_dir = Path(out), Path(source)
     known = [t.name for t in targets]
     if models is not None:
         unknown = sorted(set(models) - set(known))
@@ -270,8 +286,7 @@ def compress_run(
     targets = [t for t in targets if prunable(t.model)]
     if not targets:
         raise RunDirError(f"{run_dir} has no model with weights to prune")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", recipe.to_yaml())
+    runtime = open_run(recipe, out, resume=False, command="")
     results: dict[str, Any] = {
         "task": "compress",
         "recipe": recipe.name,
@@ -290,11 +305,11 @@ def compress_run(
         "models": {},
         "layers": {},
         "histograms": {},
-        "runtime": Runtime.of(recipe).describe(),
+        "runtime": runtime.describe(),
     }
     for target in targets:
         steps = target.train.steps if finetune_steps is None else finetune_steps
-        on_event("train_start", {"model": target.name, "total": max(steps, 1)})
+        on_event(Event.TRAIN_START, {"model": target.name, "total": max(steps, 1)})
         res = compress_model(
             target,
             out / "checkpoint",
@@ -312,12 +327,10 @@ def compress_run(
         results["histograms"][target.name] = res.pop("histogram")
         res["finetune_steps"] = steps
         results["models"][target.name] = res
-        on_event("compress_end", {"model": target.name})
+        on_event(Event.COMPRESS_END, {"model": target.name})
     main = "orchestra" if "orchestra" in results["models"] else next(iter(results["models"]))
     results["main"] = main
     results["metric"] = results["models"][main]["metric"]
     for part in ("dense", "compressed"):
         results[part] = {k: v for k, v in results["models"][main][part].items() if k != "metrics"}
-    atomic_write_json(out / "metrics.json", json_safe(results))
-    build_report(out)
-    return results
+    return close_run(out, results, announce=False)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .._io import atomic_write
@@ -103,8 +103,6 @@ def load_compressed(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Dense tensors again from a file written by :func:`save_compressed`."""
     path = Path(path)
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         raw = load_file(str(path))

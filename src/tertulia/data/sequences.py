@@ -84,7 +84,7 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
 def digit_sequences(*, test_fraction: float = 0.2, seed: int = 0) -> dict[str, SequenceSplit]:
     """scikit-learn's 1797 8×8 digits as 64-step sequences of one pixel in [0, 1]."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # lazy: the optional [data] extra
     except ImportError:
         raise DataError(
             "the digits sequences need scikit-learn: pip install 'tertulia[data]'"

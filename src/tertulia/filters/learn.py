@@ -34,11 +34,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 import torch
 
 from ..errors import CovarianceError, DataError, ShapeError
 from .kalman import LinearGaussian, kalman_filter, rts_smoother
+from .subspace import n4sid
 
 __all__ = [
     "EMResult",
@@ -505,8 +507,6 @@ def _floor_psd(M: torch.Tensor, rel: float = 1e-10, absolute: float = 1e-12) -> 
 
 def _stationary_cov(A: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """``P = A P Aᵀ + Q`` if ``A`` is stable, else the identity scaled to ``Q``."""
-    import scipy.linalg
-
     if np.max(np.abs(np.linalg.eigvals(A))) < 0.999:
         P = scipy.linalg.solve_discrete_lyapunov(A, Q)
         if np.all(np.isfinite(P)):
@@ -524,8 +524,6 @@ def _default_init(y: torch.Tensor, u: torch.Tensor | None, n: int, seed: int):
     orthogonal matrix (``seed``), ``Q = 0.19 I`` (unit stationary variance),
     ``R`` the diagonal of the unexplained variance, ``B``, ``D`` zero.
     """
-    from .subspace import n4sid
-
     _, T, p = y.shape
     m = 0 if u is None else u.shape[-1]
     y0 = y[0].numpy().copy()

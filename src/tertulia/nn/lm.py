@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .mamba import MambaBlock
 from .memory import Level
 
 
@@ -145,8 +146,6 @@ def transformer_lm(
 
 def mamba_lm(vocab: int, d: int, layers: int, *, d_state: int = 16, expand: int = 2) -> TokenLM:
     """A Mamba stack (each block: the selective-SSM mixer, no MLP, as in Mamba)."""
-    from .mamba import MambaBlock
-
     blocks = [Block(d, MambaBlock(d, d_state=d_state, expand=expand)) for _ in range(layers)]
     return TokenLM(vocab, d, blocks)
 

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .titans import NeuralMemory
+
 
 class Level(nn.Module):
     """One residual MLP level ``h + W₂ σ(W₁ LN(h))`` of width ``d`` and hidden width ``hidden``."""
@@ -97,7 +99,6 @@ class OnlineContinuumMemory(nn.Module):
 
     def __init__(self, d: int, *, periods: Sequence[int] = (1, 4, 16), **memory: Any):
         super().__init__()
-        from .titans import NeuralMemory
 
         if not periods or min(periods) < 1:
             raise ValueError(f"periods must be one or more integers >= 1, got {list(periods)}")

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -216,7 +217,7 @@ _KERNELS: dict[str, Any] | None = None
 
 def _numba_available() -> bool:
     try:
-        import numba  # noqa: F401
+        import numba  # noqa: F401  # lazy: a probe for the optional JIT
     except ImportError:
         return False
     return True
@@ -227,8 +228,7 @@ def _kernels() -> dict[str, Any]:
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
-    import numpy as np
-    from llvmlite import ir
+    from llvmlite import ir  # lazy: numba (heavy, JIT) loads only when the kernel is used
     from numba import njit, prange, types
     from numba.extending import intrinsic, overload
 
@@ -364,7 +364,7 @@ def _kernels() -> dict[str, Any]:
 
 
 def _set_numba_threads() -> None:
-    import numba
+    import numba  # lazy: numba is heavy; loaded only with its kernel
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from ..errors import ShapeError
 from .heads import Prediction, soft_clamp_log_var
+from .mamba import MambaBlock
+from .s4d import S4D
 from .seqmodel import SequenceModel
 
 
@@ -65,10 +67,7 @@ class GaussianSSM(nn.Module):
 
         def block() -> nn.Module:
             if kind == "s4d":
-                from .s4d import S4D
-
                 return S4D(d_model, N=d_state, init="legs", bidirectional=True)
-            from .mamba import MambaBlock
 
             return Bidirectional(
                 MambaBlock(d_model, d_state=d_state), MambaBlock(d_model, d_state=d_state)

@@ -1,6 +1,6 @@
 r"""Report pages of the classical state-space recipes (``task: series``, ``task: island``).
 
-Inputs, read from the run directory by :func:`tertulia.report.html._load_run`:
+Inputs, read from the run directory by :func:`tertulia.report.page.load_run_files`:
 
     metrics.json          task, recipe, description, data, models.{m}.{number},
                           series: n4sid_modes, em_modes [{real, imag, modulus,
@@ -18,15 +18,15 @@ Every figure is skipped when its arrays are missing or malformed. Bands are
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
 from .._io import atomic_write_bytes, atomic_write_text
-from . import html as page
-from . import plots
+from . import page, plots
 
 
 def _get(ex: Mapping[str, np.ndarray], key: str, size: int | None = None) -> np.ndarray | None:
@@ -36,28 +36,6 @@ def _get(ex: Mapping[str, np.ndarray], key: str, size: int | None = None) -> np.
     if size is not None and v.shape[0] != size:
         return None
     return v
-
-
-def _table(
-    rows: Mapping[str, Mapping[str, Any]], title: str, fmt: Callable[[Any], str] | None = None
-) -> str:
-    """Rows = metric, columns = model: one table of numbers (``fmt`` formats a cell)."""
-    fmt = fmt or page._format_value
-    names = list(rows)
-    keys = list(dict.fromkeys(k for m in names for k in rows[m]))
-    if not names or not keys:
-        return ""
-    head = "".join(f"<th>{page._e(m)}</th>" for m in names)
-    body = "".join(
-        f"<tr><th scope='row'>{page._e(k)}</th>"
-        + "".join(f"<td>{page._e(fmt(rows[m].get(k)))}</td>" for m in names)
-        + "</tr>"
-        for k in keys
-    )
-    return (
-        f"<table class='metrics'><caption>{page._e(title)}</caption><thead><tr><th></th>"
-        f"{head}</tr></thead><tbody>{body}</tbody></table>"
-    )
 
 
 def _modes_table(modes: Any, title: str) -> str:
@@ -70,7 +48,7 @@ def _modes_table(modes: Any, title: str) -> str:
         for i, m in enumerate(modes)
         if isinstance(m, dict)
     }
-    return _table(rows, title)
+    return page.table(rows, title)
 
 
 def _band(ax: Any, t: np.ndarray, ex: Mapping[str, np.ndarray], key: str, color: str, label: str):
@@ -85,16 +63,16 @@ def _band(ax: Any, t: np.ndarray, ex: Mapping[str, np.ndarray], key: str, color:
 # ------------------------------------------------------------------------- series
 
 
-def _series_figures(run: page._Run) -> list[page._Figure]:
+def _series_figures(run: page.RunFiles) -> list[page.Figure]:
     ex, models = run.examples, list(run.models())
     t, y = _get(ex, "t"), _get(ex, "y")
     if t is None or y is None or t.shape != y.shape:
         return []
-    figures: list[page._Figure] = []
+    figures: list[page.Figure] = []
     tf = _get(ex, "t_forecast")
     fitted = [m for m in models if _get(ex, f"{m}.filtered.mean", t.shape[0]) is not None]
     if fitted:
-        fig = plots._new_figure(8.5, 2.9 * len(fitted))
+        fig = plots.new_figure(8.5, 2.9 * len(fitted))
         axes = np.atleast_1d(fig.subplots(len(fitted), 1, squeeze=False)[:, 0])
         for ax, m in zip(axes, fitted, strict=True):
             ax.plot(t, y, "o", ms=2.6, color="black", label="data")
@@ -105,7 +83,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
             ax.set_title(m)
             ax.legend(fontsize=7, loc="best")
         figures.append(
-            page._Figure(
+            page.Figure(
                 "series",
                 "Filtered, smoothed and forecast level",
                 "Dots: the series (missing values leave gaps). Bands: 90 % intervals of the "
@@ -115,7 +93,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
         )
     resid = [m for m in models if _get(ex, f"{m}.residuals") is not None]
     if resid:
-        fig = plots._new_figure(9.5, 2.6 * len(resid))
+        fig = plots.new_figure(9.5, 2.6 * len(resid))
         grid = fig.subplots(len(resid), 3, squeeze=False)
         for row, m in zip(grid, resid, strict=True):
             e = _get(ex, f"{m}.residuals")
@@ -125,7 +103,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
             row[0].plot(te[ok], e[ok], lw=1.0, color="#1f77b4")
             row[0].set_title(f"{m}: standardised residuals", fontsize=9)
             lags = min(20, max(1, int(ok.sum()) // 4))
-            from ..filters.diagnostics import autocorrelation
+            from ..filters.diagnostics import autocorrelation  # lazy: filters import torch
 
             r = autocorrelation(e[ok], lags)
             row[1].bar(np.arange(1, lags + 1), r, color="#1f77b4")
@@ -140,7 +118,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
             row[2].plot(lim, lim, color="grey", lw=0.8)
             row[2].set_title("normal Q–Q", fontsize=9)
         figures.append(
-            page._Figure(
+            page.Figure(
                 "diagnostics",
                 "Residual diagnostics",
                 "One-step prediction errors divided by their predicted standard deviation, "
@@ -151,13 +129,13 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
         )
     history = _get(ex, "em.loglik_history")
     if history is not None and history.size > 1:
-        fig = plots._new_figure(6.0, 3.2)
+        fig = plots.new_figure(6.0, 3.2)
         ax = fig.subplots()
         ax.plot(np.arange(1, history.size + 1), history, color="#9467bd")
         ax.set_xlabel("EM iteration")
         ax.set_ylabel("log-likelihood")
         figures.append(
-            page._Figure(
+            page.Figure(
                 "em",
                 "EM log-likelihood",
                 "Expectation–maximisation never decreases the likelihood (checked in the "
@@ -167,7 +145,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
         )
     sv = _get(ex, "n4sid.singular_values")
     if sv is not None and sv.size:
-        fig = plots._new_figure(6.0, 3.2)
+        fig = plots.new_figure(6.0, 3.2)
         ax = fig.subplots()
         ax.semilogy(np.arange(1, sv.size + 1), np.maximum(sv, 1e-300), "o-", color="#8c564b")
         order = run.models().get("n4sid", {}).get("order")
@@ -177,7 +155,7 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
         ax.set_xlabel("index")
         ax.set_ylabel("singular value")
         figures.append(
-            page._Figure(
+            page.Figure(
                 "n4sid",
                 "N4SID singular values",
                 "Singular values of the weighted projection of future on past outputs; the "
@@ -191,10 +169,10 @@ def _series_figures(run: page._Run) -> list[page._Figure]:
 # ------------------------------------------------------------------------- island
 
 
-def _island_figures(run: page._Run) -> list[page._Figure]:
+def _island_figures(run: page.RunFiles) -> list[page.Figure]:
     ex = run.examples
     t = _get(ex, "t")
-    figures: list[page._Figure] = []
+    figures: list[page.Figure] = []
     if t is None:
         return figures
     names = ("fish", "pelicans")
@@ -208,7 +186,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
         if (s := _get(ex, f"{k}.states", t.shape[0])) is not None and s.ndim == 2
     ]
     if runs:
-        fig = plots._new_figure(9.5, 3.4)
+        fig = plots.new_figure(9.5, 3.4)
         axes = fig.subplots(1, 2)
         for j, ax in enumerate(axes):
             for k, label, c in runs:
@@ -218,7 +196,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
             ax.set_xlabel("time")
         axes[0].legend(fontsize=7)
         figures.append(
-            page._Figure(
+            page.Figure(
                 "control",
                 "Boom and bust, and its control",
                 "Without input the populations oscillate with growing amplitude "
@@ -230,7 +208,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
         )
     truth = _get(ex, "truth", t.shape[0])
     if truth is not None and truth.ndim == 2:
-        fig = plots._new_figure(9.5, 3.4)
+        fig = plots.new_figure(9.5, 3.4)
         axes = fig.subplots(1, 2)
         ls = _get(ex, "least_squares", t.shape[0])
         for j, ax in enumerate(axes):
@@ -252,7 +230,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
             ax.set_xlabel("time")
         axes[0].legend(fontsize=7)
         figures.append(
-            page._Figure(
+            page.Figure(
                 "kalman",
                 "Recovering the populations from four noisy sensors",
                 "Truth of the LQR-controlled run, the per-step least-squares inversion of the "
@@ -262,7 +240,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
         )
     eig_open, eig_closed = _get(ex, "open_loop.eig"), _get(ex, "closed_loop.eig")
     if eig_open is not None and eig_open.ndim == 2:
-        fig = plots._new_figure(4.6, 4.0)
+        fig = plots.new_figure(4.6, 4.0)
         ax = fig.subplots()
         ax.axvline(0, color="grey", lw=0.8)
         ax.axhline(0, color="grey", lw=0.8)
@@ -273,7 +251,7 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
         ax.set_ylabel("Im λ")
         ax.legend(fontsize=8)
         figures.append(
-            page._Figure(
+            page.Figure(
                 "eigenvalues",
                 "Eigenvalues, open and closed loop",
                 "Right of the imaginary axis the system grows; LQR moves both eigenvalues "
@@ -287,17 +265,17 @@ def _island_figures(run: page._Run) -> list[page._Figure]:
 # ------------------------------------------------------------------------- page
 
 
-def _html(run: page._Run, figures: list[page._Figure]) -> str:
+def _html(run: page.RunFiles, figures: list[page.Figure]) -> str:
     m = run.metrics
     title = f"tertulia report: {m.get('recipe', '')}"
-    parts = [f"<h1>{page._e(title)}</h1>"]
+    parts = [f"<h1>{page.escape(title)}</h1>"]
     if m.get("description"):
-        parts.append(f"<p class='description'>{page._e(m['description'])}</p>")
-    parts.append(f"<p class='note'>Run directory: <code>{page._e(run.root.name)}</code></p>")
+        parts.append(f"<p class='description'>{page.escape(m['description'])}</p>")
+    parts.append(f"<p class='note'>Run directory: <code>{page.escape(run.root.name)}</code></p>")
     models = run.models()
     if models:
         parts.append("<section><h2>Models</h2>")
-        parts.append(_table(models, "fitted parameters, log-likelihood and diagnostics"))
+        parts.append(page.table(models, "fitted parameters, log-likelihood and diagnostics"))
         parts.append("</section>")
     tables = [
         _modes_table(m.get("n4sid_modes"), "N4SID eigenvalues (period in time units)"),
@@ -308,7 +286,7 @@ def _html(run: page._Run, figures: list[page._Figure]) -> str:
     for key in ("island", "kalman", "lqr"):
         if isinstance(m.get(key), dict):
             flat = {k: v for k, v in m[key].items() if not isinstance(v, (dict, list))}
-            tables.append(f"<h3>{page._e(key)}</h3>" + page._key_value_table(flat, css="data"))
+            tables.append(f"<h3>{page.escape(key)}</h3>" + page.key_value_table(flat, css="data"))
     if any(tables):
         parts.append("<section><h2>Analysis</h2>")
         parts.extend(t for t in tables if t)
@@ -316,19 +294,19 @@ def _html(run: page._Run, figures: list[page._Figure]) -> str:
     data = run.section("data")
     if data:
         parts.append("<section><h2>Data</h2>")
-        parts.append(page._key_value_table(data, css="data"))
+        parts.append(page.key_value_table(data, css="data"))
         parts.append("</section>")
     if figures:
         parts.append("<section><h2>Figures</h2>")
-        parts.extend(page._figure_html(f) for f in figures)
+        parts.extend(page.figure_html(f) for f in figures)
         parts.append("</section>")
     for key in ("n4sid_skipped",):
         if m.get(key):
-            parts.append(f"<p class='note'>{page._e(m[key])}</p>")
+            parts.append(f"<p class='note'>{page.escape(m[key])}</p>")
     return page.document(title, parts)
 
 
-def build_classical_report(run: page._Run):
+def build_classical_report(run: page.RunFiles) -> Path:
     """Write the figures and ``report.html`` of a series or island run; return the page path."""
     task = run.metrics.get("task")
     figures = _series_figures(run) if task == "series" else _island_figures(run)

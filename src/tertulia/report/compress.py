@@ -11,14 +11,13 @@ histogram}. Sections are skipped when their data is missing.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text
-from . import html as page
-from . import plots
-from .classical import _table
+from . import page, plots
 
 KEYS = ("nrmse_1step", "nrmse_rollout", "nll", "crps", "coverage_90", "miscalibration_area")
 
@@ -42,7 +41,7 @@ def _cell(value: Any) -> str:
     """Integers (bytes, counts) in full; other values as the report formats them."""
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
-    return page._format_value(value)
+    return page.format_value(value)
 
 
 def _models_table(models: Mapping[str, Any]) -> str:
@@ -54,7 +53,7 @@ def _models_table(models: Mapping[str, Any]) -> str:
             row = {k: (e.get("metrics") or {}).get(k) for k in keys}
             row.update(bytes=e.get("bytes"), nonzero=e.get("nonzero"), sparsity=e.get("sparsity"))
             cols[f"{name} ({part})"] = row
-    return _table(cols, "test metrics and sizes before and after", fmt=_cell) if cols else ""
+    return page.table(cols, "test metrics and sizes before and after", fmt=_cell) if cols else ""
 
 
 def _layers_table(layers: Mapping[str, Any]) -> str:
@@ -64,10 +63,10 @@ def _layers_table(layers: Mapping[str, Any]) -> str:
         if isinstance(per, dict)
         for t, s in per.items()
     }
-    return _table(rows, "sparsity of every pruned tensor", fmt=str) if rows else ""
+    return page.table(rows, "sparsity of every pruned tensor", fmt=str) if rows else ""
 
 
-def _histogram(name: str, h: Mapping[str, Any]) -> page._Figure | None:
+def _histogram(name: str, h: Mapping[str, Any]) -> page.Figure | None:
     try:
         edges = np.asarray(h["edges"], dtype=float)
         dense = np.asarray(h["dense"], dtype=float)
@@ -76,7 +75,7 @@ def _histogram(name: str, h: Mapping[str, Any]) -> page._Figure | None:
         return None
     if edges.ndim != 1 or dense.shape != (edges.size - 1,) or comp.shape != dense.shape:
         return None
-    fig = plots._new_figure(6.0, 3.0)
+    fig = plots.new_figure(6.0, 3.0)
     ax = fig.add_subplot(1, 1, 1)
     centres = (edges[1:] + edges[:-1]) / 2
     width = edges[1] - edges[0]
@@ -90,7 +89,7 @@ def _histogram(name: str, h: Mapping[str, Any]) -> page._Figure | None:
         f"Weights of {name}'s pruned tensors before and after: magnitude pruning removes "
         "the centre, so the surviving weights form two lobes (the seed's bimodal shape)."
     )
-    return page._Figure(f"hist_{name}", f"Weights of {name}", caption, plots.figure_png(fig))
+    return page.Figure(f"hist_{name}", f"Weights of {name}", caption, plots.figure_png(fig))
 
 
 def compression_section(root: Any, section: Mapping[str, Any]) -> str:
@@ -123,14 +122,14 @@ def compression_section(root: Any, section: Mapping[str, Any]) -> str:
                 "bytes ratio": row.get("bytes_ratio"),
             }
         parts.append(
-            _table(
+            page.table(
                 table, f"{name}: test {metric}, checkpoint bytes ({entry.get('dtype', '')})", _cell
             )
         )
         fig = _histogram(name, entry.get("histogram") or {})
         if fig is not None:
             atomic_write_bytes(root / f"{fig.name}.png", fig.png)
-            parts.append(page._figure_html(fig))
+            parts.append(page.figure_html(fig))
     parts.append(
         "<p class='note'>Each row prunes a copy of the trained model along the cubic schedule "
         "while it fine-tunes (masks enforced), stores it as a sparse checkpoint and judges "
@@ -140,7 +139,7 @@ def compression_section(root: Any, section: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def build_compress_report(run: page._Run):
+def build_compress_report(run: page.RunFiles) -> Path:
     """Write the histograms and ``report.html`` of a compress run; return the page's path."""
     m = run.metrics
     figures = [
@@ -153,17 +152,17 @@ def build_compress_report(run: page._Run):
     for fig in figures:
         atomic_write_bytes(run.root / f"{fig.name}.png", fig.png)
     title = f"tertulia compress: {m.get('recipe', '')}"
-    parts = [f"<h1>{page._e(title)}</h1>"]
+    parts = [f"<h1>{page.escape(title)}</h1>"]
     settings = m.get("settings")
     if isinstance(settings, dict):
         parts.append(
-            f"<p class='note'>From <code>{page._e(m.get('source', ''))}</code></p>"
-            + page._key_value_table(settings, css="data")
+            f"<p class='note'>From <code>{page.escape(m.get('source', ''))}</code></p>"
+            + page.key_value_table(settings, css="data")
         )
     for key in ("dense", "compressed"):
         if isinstance(m.get(key), dict):
-            parts.append(f"<h3>{page._e(key)} ({page._e(m.get('main', ''))})</h3>")
-            parts.append(page._key_value_table(m[key], css="data"))
+            parts.append(f"<h3>{page.escape(key)} ({page.escape(m.get('main', ''))})</h3>")
+            parts.append(page.key_value_table(m[key], css="data"))
     models = m.get("models")
     if isinstance(models, dict):
         parts.append("<section><h2>Models</h2>" + _models_table(models) + "</section>")
@@ -172,6 +171,6 @@ def build_compress_report(run: page._Run):
         parts.append("<section><h2>Per tensor</h2>" + _layers_table(layers) + "</section>")
     if figures:
         parts.append("<section><h2>Figures</h2>")
-        parts.extend(page._figure_html(f) for f in figures)
+        parts.extend(page.figure_html(f) for f in figures)
         parts.append("</section>")
     return atomic_write_text(run.root / page.REPORT_FILE, page.document(title, parts))

@@ -8,22 +8,21 @@ skipped when their data is missing.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text
-from . import html as page
-from . import plots
-from .classical import _table
+from . import page, plots
 
 
-def _curves(m: Mapping[str, Any]) -> page._Figure | None:
+def _curves(m: Mapping[str, Any]) -> page.Figure | None:
     curves, data = m.get("curves") or {}, m.get("data") or {}
     nus, per = data.get("nus"), data.get("steps_per_regime")
     if not isinstance(curves, dict) or not curves or not nus:
         return None
-    fig = plots._new_figure(3.2 * len(curves), 3.0)
+    fig = plots.new_figure(3.2 * len(curves), 3.0)
     for i, (name, c) in enumerate(curves.items()):
         try:
             steps = np.asarray(c["steps"], dtype=float)
@@ -47,10 +46,10 @@ def _curves(m: Mapping[str, Any]) -> page._Figure | None:
         "Test error on every regime while the stream goes on (dashed: a new regime starts). "
         "A curve rising after its own regime ends is forgetting."
     )
-    return page._Figure("continual_curves", "Error on every regime", caption, plots.figure_png(fig))
+    return page.Figure("continual_curves", "Error on every regime", caption, plots.figure_png(fig))
 
 
-def _matrices(m: Mapping[str, Any]) -> page._Figure | None:
+def _matrices(m: Mapping[str, Any]) -> page.Figure | None:
     models, nus = m.get("models") or {}, (m.get("data") or {}).get("nus")
     mats = {}
     for name, row in models.items():
@@ -62,7 +61,7 @@ def _matrices(m: Mapping[str, Any]) -> page._Figure | None:
         return None
     vmin = min(float(a.min()) for a in mats.values())
     vmax = max(float(a.max()) for a in mats.values())
-    fig = plots._new_figure(3.0 * len(mats), 2.9)
+    fig = plots.new_figure(3.0 * len(mats), 2.9)
     for i, (name, a) in enumerate(mats.items()):
         ax = fig.add_subplot(1, len(mats), i + 1)
         im = ax.imshow(a, vmin=vmin, vmax=vmax, cmap="viridis")
@@ -80,21 +79,19 @@ def _matrices(m: Mapping[str, Any]) -> page._Figure | None:
         "R[i, j]: test nRMSE on regime j after training on regime i. Below the diagonal is "
         "memory of the past; forgetting is the last row minus the diagonal, averaged."
     )
-    return page._Figure(
-        "continual_matrix", "Regime-by-regime error", caption, plots.figure_png(fig)
-    )
+    return page.Figure("continual_matrix", "Regime-by-regime error", caption, plots.figure_png(fig))
 
 
-def build_continual_report(run: page._Run):
+def build_continual_report(run: page.RunFiles) -> Path:
     """Write the figures and ``report.html`` of a continual run; return the page's path."""
     m = run.metrics
     figures = [f for f in (_curves(m), _matrices(m)) if f is not None]
     for fig in figures:
         atomic_write_bytes(run.root / f"{fig.name}.png", fig.png)
     title = f"tertulia report: {m.get('recipe', '')}"
-    parts = [f"<h1>{page._e(title)}</h1>"]
+    parts = [f"<h1>{page.escape(title)}</h1>"]
     if m.get("description"):
-        parts.append(f"<p class='description'>{page._e(m['description'])}</p>")
+        parts.append(f"<p class='description'>{page.escape(m['description'])}</p>")
     models = m.get("models")
     if isinstance(models, dict) and models:
         rows = {
@@ -103,7 +100,7 @@ def build_continual_report(run: page._Run):
             for name, row in models.items()
             if isinstance(row, dict)
         }
-        parts.append("<section><h2>Forgetting</h2>" + _table(rows, "test nRMSE"))
+        parts.append("<section><h2>Forgetting</h2>" + page.table(rows, "test nRMSE"))
         base, cms = models.get("mlp", {}), models.get("cms", {})
         if base.get("forgetting") and cms.get("forgetting") is not None:
             ratio = cms["forgetting"] / base["forgetting"]
@@ -116,9 +113,9 @@ def build_continual_report(run: page._Run):
     for key, label in (("data", "Data"), ("periods", "Update periods")):
         if isinstance(m.get(key), dict):
             parts.append(f"<section><h2>{label}</h2>")
-            parts.append(page._key_value_table(m[key], css="data") + "</section>")
+            parts.append(page.key_value_table(m[key], css="data") + "</section>")
     if figures:
         parts.append("<section><h2>Figures</h2>")
-        parts.extend(page._figure_html(f) for f in figures)
+        parts.extend(page.figure_html(f) for f in figures)
         parts.append("</section>")
     return atomic_write_text(run.root / page.REPORT_FILE, page.document(title, parts))

@@ -2,7 +2,9 @@ r"""Figures of a run, drawn from plain numpy data (no model, no torch).
 
 Every function builds a fresh :class:`matplotlib.figure.Figure` rendered by the
 Agg canvas, so importing this module selects no backend and touches no pyplot
-global state; :func:`figure_png` turns a figure into PNG bytes.
+global state; :func:`figure_png` turns a figure into PNG bytes. Pages that draw
+their own figures use :func:`new_figure`, :func:`step_series` (one train-log key
+against step), :func:`plot_steps`, :func:`plain_log_labels` and ``OTHER_COLORS``.
 
 What each figure shows (y observed frame, μ/σ predictive mean/std):
 
@@ -47,19 +49,24 @@ from matplotlib.ticker import LogFormatter, MaxNLocator
 
 __all__ = [
     "DPI",
+    "OTHER_COLORS",
     "adversarial_figure",
     "attention_figure",
     "calibration_figure",
     "figure_png",
     "iterations_figure",
     "model_color",
+    "new_figure",
     "ood_figure",
+    "plain_log_labels",
+    "plot_steps",
     "prediction_figure",
     "residual_figure",
     "rho_figure",
     "rollout_figure",
     "solver_training_figure",
     "spacetime_figure",
+    "step_series",
     "training_figure",
 ]
 
@@ -67,17 +74,19 @@ DPI = 110
 
 # Fixed colours so a model looks the same in every figure.
 _MODEL_COLORS = {"orchestra": "#1f77b4", "mlp": "#ff7f0e", "persistence": "#7f7f7f"}
-_OTHER_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+# Colours of the other models (by a name hash) and of other lines in a figure.
+OTHER_COLORS = ("#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
 def model_color(model: str) -> str:
     """A stable colour for ``model`` (known models fixed, others by a name hash)."""
     if model in _MODEL_COLORS:
         return _MODEL_COLORS[model]
-    return _OTHER_COLORS[sum(map(ord, model)) % len(_OTHER_COLORS)]
+    return OTHER_COLORS[sum(map(ord, model)) % len(OTHER_COLORS)]
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """An empty ``width`` × ``height`` inch figure (constrained layout) on an Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -108,7 +117,7 @@ class _PlainLogFormatter(LogFormatter):
         return f"{x:g}" if super().__call__(x, pos) else ""
 
 
-def _plain_log_labels(ax: Axes) -> None:
+def plain_log_labels(ax: Axes) -> None:
     """Tick labels of a log y axis as plain numbers instead of 6×10⁻²."""
     if ax.get_yscale() == "log":
         ax.yaxis.set_major_formatter(_PlainLogFormatter())
@@ -139,7 +148,7 @@ def prediction_figure(
     names = list(predictions)
     if not names:
         raise ValueError("predictions must hold at least one model")
-    fig = _new_figure(9.0, 0.6 + 2.4 * len(names))
+    fig = new_figure(9.0, 0.6 + 2.4 * len(names))
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     boundaries = _patch_boundaries(x, cells) if cells else []
     for ax, name in zip(axes, names, strict=True):
@@ -165,7 +174,7 @@ def prediction_figure(
 
 def rollout_figure(curves: Mapping[str, Sequence[float]]) -> Figure:
     """nRMSE against rollout step (1-based) for every model, log y."""
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     plotted = []
     for name, values in curves.items():
@@ -190,7 +199,7 @@ def calibration_figure(
     areas: Mapping[str, float] | None = None,
 ) -> Figure:
     """Observed coverage against nominal level; the diagonal is perfect calibration."""
-    fig = _new_figure(5.0, 5.0)
+    fig = new_figure(5.0, 5.0)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls="--", color="0.4", lw=1.0, label="perfect calibration")
     lv = np.asarray(levels, dtype=np.float64)
@@ -214,7 +223,7 @@ def calibration_figure(
 
 def residual_figure(residuals: Sequence[float]) -> Figure:
     """Relative state change per message round, log y."""
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     v = _positive_or_nan(np.asarray(residuals, dtype=np.float64))
     ax.plot(np.arange(1, v.size + 1), v, marker="o", ms=4, lw=1.6, color=model_color("orchestra"))
@@ -234,7 +243,7 @@ def attention_figure(attention: np.ndarray, *, title: str = "Attention between c
         raise ValueError(f"attention must be a square (n, n) matrix, got shape {a.shape}")
     n = a.shape[0]
     side = min(3.2 + 0.45 * n, 10.0)
-    fig = _new_figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.subplots()
     finite = a[np.isfinite(a)]
     vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
@@ -271,7 +280,8 @@ def _smooth(values: np.ndarray, span: int) -> np.ndarray:
     return out
 
 
-def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def step_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the train-log ``records`` that hold a number under ``key``, by step."""
     pairs = [
         (float(r["step"]), float(r[key]))
         for r in records
@@ -290,13 +300,13 @@ def training_figure(records_by_model: Mapping[str, Sequence[Mapping[str, Any]]])
 
     Returns ``None`` when no record holds a numeric ``step`` and ``loss``.
     """
-    losses = {m: _series(r, "loss") for m, r in records_by_model.items()}
+    losses = {m: step_series(r, "loss") for m, r in records_by_model.items()}
     losses = {m: s for m, s in losses.items() if s[0].size}
     if not losses:
         return None
-    residuals = {m: _series(r, "residual") for m, r in records_by_model.items()}
+    residuals = {m: step_series(r, "residual") for m, r in records_by_model.items()}
     residuals = {m: s for m, s in residuals.items() if s[0].size}
-    fig = _new_figure(11.0 if residuals else 6.8, 4.2)
+    fig = new_figure(11.0 if residuals else 6.8, 4.2)
     axes = fig.subplots(1, 2 if residuals else 1, squeeze=False)[0]
     ax = axes[0]
     # The view spans the smoothed curves, the bulk of the raw values and the
@@ -318,7 +328,7 @@ def training_figure(records_by_model: Mapping[str, Sequence[Mapping[str, Any]]])
         else:
             ax.plot(steps, loss, color=color, lw=1.6, marker=".", label=f"{name} loss")
             view = loss
-        val_steps, val = _series(records_by_model[name], "val_nll")
+        val_steps, val = step_series(records_by_model[name], "val_nll")
         if val.size:
             ax.plot(val_steps, val, "o", color=color, mec="black", mew=0.6, ms=5,
                     label=f"{name} validation NLL")  # fmt: skip
@@ -367,7 +377,7 @@ def spacetime_figure(
         )
     k = truth.shape[0]
     extent = (float(x[0]), float(x[-1]), 0.5, k + 0.5)
-    fig = _new_figure(12.0, 3.8)
+    fig = new_figure(12.0, 3.8)
     axes = fig.subplots(1, 3, sharey=True)
     both = np.concatenate([truth.ravel(), mean.ravel()])
     both = both[np.isfinite(both)]
@@ -400,7 +410,7 @@ def rho_figure(rho: Sequence[float]) -> Figure:
         raise ValueError("rho must hold at least one value")
     finite = v[np.isfinite(v)]
     below = float(np.mean(v < 1.0))
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     if finite.size:
         ax.hist(finite, bins=_histogram_bins(finite), color=model_color("orchestra"),
@@ -430,7 +440,7 @@ def iterations_figure(iterations: Sequence[float]) -> Figure:
         bins: Any = np.arange(lo - 0.5, hi + 1.5)
     else:
         bins = _histogram_bins(v)
-    fig = _new_figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     ax.hist(v, bins=bins, color=model_color("orchestra"), alpha=0.85, edgecolor="white", lw=0.5)
     mean = float(v.mean())
@@ -445,7 +455,7 @@ def iterations_figure(iterations: Sequence[float]) -> Figure:
     return fig
 
 
-def _plot_steps(
+def plot_steps(
     ax: Axes, steps: np.ndarray, values: np.ndarray, *, color: str, ls: str, label: str
 ) -> None:
     """Raw values, with a moving average on top for long series (as in training_figure)."""
@@ -469,25 +479,26 @@ def solver_training_figure(
     iters = {}
     rhos = {}
     for name, records in records_by_model.items():
-        forward, backward = _series(records, "iterations"), _series(records, "backward_iterations")
+        forward = step_series(records, "iterations")
+        backward = step_series(records, "backward_iterations")
         if forward[0].size or backward[0].size:
             iters[name] = (forward, backward)
-        rho = _series(records, "rho")
+        rho = step_series(records, "rho")
         if rho[0].size:
             rhos[name] = rho
     panels = int(bool(iters)) + int(bool(rhos))
     if not panels:
         return None
-    fig = _new_figure(5.8 * panels, 4.0)
+    fig = new_figure(5.8 * panels, 4.0)
     axes = list(fig.subplots(1, panels, squeeze=False)[0])
     if iters:
         ax = axes.pop(0)
         for name, ((fs, fv), (bs, bv)) in iters.items():
             color = model_color(name)
             if fv.size:
-                _plot_steps(ax, fs, fv, color=color, ls="-", label=f"{name} forward")
+                plot_steps(ax, fs, fv, color=color, ls="-", label=f"{name} forward")
             if bv.size:
-                _plot_steps(ax, bs, bv, color=color, ls="--", label=f"{name} backward (adjoint)")
+                plot_steps(ax, bs, bv, color=color, ls="--", label=f"{name} backward (adjoint)")
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("solver iterations (batch mean)")
         ax.set_title("Solver iterations during training")
@@ -520,7 +531,7 @@ def ood_figure(
         raise ValueError("ood_figure needs at least one condition and one model")
     c = len(conditions)
     width = 0.8 / len(names)
-    fig = _new_figure(max(6.4, 1.6 + 0.45 * c * len(names) + 0.5 * c), 4.4)
+    fig = new_figure(max(6.4, 1.6 + 0.45 * c * len(names) + 0.5 * c), 4.4)
     ax = fig.subplots()
     arrays = {
         m: (np.asarray(r, dtype=np.float64), np.asarray(s, dtype=np.float64))
@@ -541,7 +552,7 @@ def ood_figure(
     ax.axhline(1.0, color="0.3", lw=1.0)
     if log:
         ax.set_yscale("log")
-        _plain_log_labels(ax)
+        plain_log_labels(ax)
     ax.set_xticks(x)
     ax.set_xticklabels(
         list(conditions), rotation=20 if c > 4 else 0, ha="right" if c > 4 else "center"
@@ -564,7 +575,7 @@ def adversarial_figure(
     """
     if not curves:
         raise ValueError("adversarial_figure needs at least one model")
-    fig = _new_figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     err_ax, cov_ax = fig.subplots(1, 2)
     styles = {"fgsm": ("--", "s", "FGSM"), "pgd": ("-", "o", "PGD")}
     plotted = []
@@ -592,7 +603,7 @@ def adversarial_figure(
             cov_ax.plot(eps, cov, ls=ls, marker=marker, ms=4, lw=1.6, color=color, label=label)
             plotted.append(err)
     _set_log_y_if_possible(err_ax, *plotted)
-    _plain_log_labels(err_ax)
+    plain_log_labels(err_ax)
     err_ax.set_xlabel("attack radius ε (relative to the window RMS)")
     err_ax.set_ylabel("nRMSE")
     err_ax.set_title("Error under attack (★ clean)")

@@ -1,6 +1,6 @@
 r"""Report page of the VELORA recipe (``task: velora``).
 
-Inputs, read from the run directory by :func:`tertulia.report.html._load_run`:
+Inputs, read from the run directory by :func:`tertulia.report.page.load_run_files`:
 
     metrics.json      task, recipe, description, phases_done, data, params, train,
                       models.velora (the issue's contract: fractions in [0, 1]),
@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text
-from . import html as page
-from . import plots
-from .classical import _table
+from . import page, plots
 
 OPS = ("add", "sub", "mul", "div")
 EXPERTS = ("math", "language")
@@ -96,7 +95,7 @@ def _pct(v: Any) -> str:
 
 
 def _plain(v: Any) -> str:
-    return "—" if _num(v) is None else page._format_value(v)
+    return "—" if _num(v) is None else page.format_value(v)
 
 
 def _ms(v: Any) -> str:
@@ -109,8 +108,8 @@ def _dict(v: Any) -> dict[str, Any]:
 
 
 def _cells(rows: Mapping[str, Mapping[str, str]], title: str) -> str:
-    """classical._table over cells that are already formatted strings."""
-    return _table(rows, title, fmt=lambda v: "—" if v is None else str(v))
+    """page.table over cells that are already formatted strings."""
+    return page.table(rows, title, fmt=lambda v: "—" if v is None else str(v))
 
 
 def _phase_tests(m: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -176,7 +175,8 @@ def _contract(row: Mapping[str, Any]) -> str:
     if not items:
         return ""
     body = "".join(
-        f"<tr><th scope='row'>{page._e(k)}</th><td>{page._e(v)}</td></tr>" for k, v in items.items()
+        f"<tr><th scope='row'>{page.escape(k)}</th><td>{page.escape(v)}</td></tr>"
+        for k, v in items.items()
     )
     return (
         "<section><h2>Metrics</h2><table class='metrics'><caption>models.velora: the "
@@ -187,7 +187,7 @@ def _contract(row: Mapping[str, Any]) -> str:
 
 
 def _math_column(s: Mapping[str, Any]) -> dict[str, str]:
-    col = {"items": page._format_count(s.get("items")) if "items" in s else "—"}
+    col = {"items": page.format_count(s.get("items")) if "items" in s else "—"}
     col["op accuracy"] = _pct(s.get("op_accuracy"))
     for op, v in _dict(s.get("op_accuracy_by_op")).items():
         col[f"op accuracy: {op}"] = _pct(v)
@@ -200,7 +200,7 @@ def _math_column(s: Mapping[str, Any]) -> dict[str, str]:
     return col
 
 
-def _experts(m: Mapping[str, Any], figures: Mapping[str, page._Figure]) -> str:
+def _experts(m: Mapping[str, Any], figures: Mapping[str, page.Figure]) -> str:
     ex = _dict(m.get("experts"))
     if not ex:
         return ""
@@ -209,11 +209,11 @@ def _experts(m: Mapping[str, Any], figures: Mapping[str, page._Figure]) -> str:
     if cols:
         parts.append(_cells(cols, "math expert, alone, on its own test sets"))
     if "velora_within" in figures:
-        parts.append(page._figure_html(figures["velora_within"]))
+        parts.append(page.figure_html(figures["velora_within"]))
     lang = _dict(ex.get("language"))
     if lang:
         col = {
-            "items": page._format_count(lang.get("items")) if "items" in lang else "—",
+            "items": page.format_count(lang.get("items")) if "items" in lang else "—",
             "accuracy": _pct(lang.get("accuracy")),
             "macro-F1": _pct(lang.get("macro_f1")),
         }
@@ -221,19 +221,19 @@ def _experts(m: Mapping[str, Any], figures: Mapping[str, page._Figure]) -> str:
         col["time per item"] = _ms(lang.get("ms_per_item"))
         parts.append(_cells({"language expert": col}, "language expert (query type), alone"))
     if "velora_language_confusion" in figures:
-        parts.append(page._figure_html(figures["velora_language_confusion"]))
+        parts.append(page.figure_html(figures["velora_language_confusion"]))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _system(m: Mapping[str, Any], figures: Mapping[str, page._Figure]) -> str:
+def _system(m: Mapping[str, Any], figures: Mapping[str, page.Figure]) -> str:
     tests = _phase_tests(m)
     if not tests:
         return ""
     cols: dict[str, dict[str, str]] = {}
     for label, t in tests.items():
         col = {
-            "items": page._format_count(t.get("items")) if "items" in t else "—",
+            "items": page.format_count(t.get("items")) if "items" in t else "—",
             "mixed score": _pct(t.get("mixed_score")),
             "mixed score, oracle routing": _pct(t.get("oracle_mixed_score")),
         }
@@ -262,7 +262,7 @@ def _system(m: Mapping[str, Any], figures: Mapping[str, page._Figure]) -> str:
     ]
     for name in ("velora_router_confusion", "velora_load"):
         if name in figures:
-            parts.append(page._figure_html(figures[name]))
+            parts.append(page.figure_html(figures[name]))
     parts.append("</section>")
     return "".join(parts)
 
@@ -310,10 +310,10 @@ def _explanation(item: Mapping[str, Any]) -> str:
         rgb = "220,50,47" if score > 0 else "38,139,210"
         spans.append(
             f"<span style='background:rgba({rgb},{alpha:.2f})' title='{score:+.3g}'>"
-            f"{page._e(text)}</span>"
+            f"{page.escape(text)}</span>"
         )
     probs = ", ".join(
-        f"{page._e(k)} {page._e(_pct(v))}" for k, v in _dict(item.get("probs")).items()
+        f"{page.escape(k)} {page.escape(_pct(v))}" for k, v in _dict(item.get("probs")).items()
     )
     domain, routed = item.get("domain"), item.get("routed")
     badges = ""
@@ -323,8 +323,8 @@ def _explanation(item: Mapping[str, Any]) -> str:
         badges += "<span class='badge misrouted'>misrouted</span>"
     return (
         f"<li><div class='tokens'>{''.join(spans)}</div><small>true domain: "
-        f"<b>{page._e(domain if domain is not None else '—')}</b> · routed to: "
-        f"<b>{page._e(routed if routed is not None else '—')}</b> · routing "
+        f"<b>{page.escape(domain if domain is not None else '—')}</b> · routed to: "
+        f"<b>{page.escape(routed if routed is not None else '—')}</b> · routing "
         f"probabilities: {probs or '—'}{badges}</small></li>"
     )
 
@@ -349,7 +349,7 @@ def _explanations(m: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------- figures
 
 
-def _within_figure(m: Mapping[str, Any]) -> page._Figure | None:
+def _within_figure(m: Mapping[str, Any]) -> page.Figure | None:
     ex = _dict(m.get("experts"))
     sets = [
         (label, _dict(_dict(ex.get(key)).get("within_1pct_by_op")))
@@ -358,7 +358,7 @@ def _within_figure(m: Mapping[str, Any]) -> page._Figure | None:
     sets = [(label, v) for label, v in sets if any(_num(v.get(op)) is not None for op in OPS)]
     if not sets:
         return None
-    fig = plots._new_figure(6.4, 4.0)
+    fig = plots.new_figure(6.4, 4.0)
     ax = fig.subplots()
     x = np.arange(len(OPS))
     width = 0.8 / len(sets)
@@ -376,7 +376,7 @@ def _within_figure(m: Mapping[str, Any]) -> page._Figure | None:
     ax.set_ylabel("answers within 1 % (%)")
     ax.grid(alpha=0.3, axis="y")
     fig.legend(fontsize=7, loc="outside lower center", ncols=2)
-    return page._Figure(
+    return page.Figure(
         "velora_within",
         "Math expert: answers within 1 % by operation",
         "Share of the math expert's answers within 1 % relative error, on operands in the "
@@ -386,7 +386,7 @@ def _within_figure(m: Mapping[str, Any]) -> page._Figure | None:
     )
 
 
-def _language_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
+def _language_confusion_figure(m: Mapping[str, Any]) -> page.Figure | None:
     lang = _dict(_dict(m.get("experts")).get("language"))
     a = _matrix(lang.get("confusion"))
     if a is None:
@@ -394,12 +394,12 @@ def _language_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
     f1 = list(_dict(lang.get("f1")))
     labels = f1 if len(f1) == a.shape[0] else list(TYPES) if a.shape[0] == 3 else None
     labels = labels or [str(i) for i in range(a.shape[0])]
-    fig = plots._new_figure(1.6 + 1.0 * a.shape[0], 1.2 + 0.9 * a.shape[0])
+    fig = plots.new_figure(1.6 + 1.0 * a.shape[0], 1.2 + 0.9 * a.shape[0])
     ax = fig.subplots()
     _heatmap(ax, a, labels, labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    return page._Figure(
+    return page.Figure(
         "velora_language_confusion",
         "Language expert: confusion matrix",
         "Test items by true (rows) and predicted (columns) query type: counts, and the "
@@ -408,7 +408,7 @@ def _language_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
     )
 
 
-def _router_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
+def _router_confusion_figure(m: Mapping[str, Any]) -> page.Figure | None:
     mats = [
         (label, a)
         for label, t in _phase_tests(m).items()
@@ -416,14 +416,14 @@ def _router_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
     ]
     if not mats:
         return None
-    fig = plots._new_figure(0.6 + 3.0 * len(mats), 3.0)
+    fig = plots.new_figure(0.6 + 3.0 * len(mats), 3.0)
     axes = fig.subplots(1, len(mats), squeeze=False)[0]
     for ax, (label, a) in zip(axes, mats, strict=True):
         _heatmap(ax, a, EXPERTS, EXPERTS)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("routed to")
     axes[0].set_ylabel("true domain")
-    return page._Figure(
+    return page.Figure(
         "velora_router_confusion",
         "Router: true domain against routed expert",
         "Items of the mixed test set by true domain (rows) and the expert the router chose "
@@ -432,14 +432,14 @@ def _router_confusion_figure(m: Mapping[str, Any]) -> page._Figure | None:
     )
 
 
-def _load_figure(m: Mapping[str, Any]) -> page._Figure | None:
+def _load_figure(m: Mapping[str, Any]) -> page.Figure | None:
     tests = {
         label: t for label, t in _phase_tests(m).items() if any(
             _num(_dict(t.get("load")).get(e)) is not None for e in EXPERTS)
     }  # fmt: skip
     if not tests:
         return None
-    fig = plots._new_figure(6.0, 3.4)
+    fig = plots.new_figure(6.0, 3.4)
     ax = fig.subplots()
     x = np.arange(len(EXPERTS))
     width = 0.8 / len(tests)
@@ -460,7 +460,7 @@ def _load_figure(m: Mapping[str, Any]) -> page._Figure | None:
     ax.set_ylabel("share of test items (%)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="upper center", ncols=2, framealpha=0.9)
-    return page._Figure(
+    return page.Figure(
         "velora_load",
         "Expert load",
         "Share of the mixed test items each expert received (bars) and its mean routing "
@@ -470,29 +470,29 @@ def _load_figure(m: Mapping[str, Any]) -> page._Figure | None:
     )
 
 
-def _training_figure(run: page._Run) -> page._Figure | None:
+def _training_figure(run: page.RunFiles) -> page.Figure | None:
     names = [n for n in _PHASE_TITLES if n in run.log] + [
         n for n in run.log if n not in _PHASE_TITLES
     ]
     panels = []
     for name in names:
         records = run.log[name]
-        losses = [(k, s) for k in _LOSS_KEYS if (s := plots._series(records, k))[0].size]
-        val = plots._series(records, "val_nll")
-        acc = plots._series(records, "router_acc")
+        losses = [(k, s) for k in _LOSS_KEYS if (s := plots.step_series(records, k))[0].size]
+        val = plots.step_series(records, "val_nll")
+        acc = plots.step_series(records, "router_acc")
         if losses or val[0].size or acc[0].size:
             panels.append((name, losses, val, acc))
     if not panels:
         return None
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
-    fig = plots._new_figure(5.6 * cols, 3.4 * rows)
+    fig = plots.new_figure(5.6 * cols, 3.4 * rows)
     grid = fig.subplots(rows, cols, squeeze=False)
-    palette = plots._OTHER_COLORS + ("#1f77b4", "#ff7f0e", "#7f7f7f", "#000000")
+    palette = plots.OTHER_COLORS + ("#1f77b4", "#ff7f0e", "#7f7f7f", "#000000")
     for ax, (name, losses, val, acc) in zip(grid.ravel(), panels, strict=False):
         shown = []
         for i, (key, (steps, v)) in enumerate(losses):
-            plots._plot_steps(ax, steps, v, color=palette[i % len(palette)], ls="-", label=key)
+            plots.plot_steps(ax, steps, v, color=palette[i % len(palette)], ls="-", label=key)
             shown.append(v)
         if val[0].size:
             ax.plot(*val, "o", color="white", mec="black", mew=0.9, ms=5, label="validation")
@@ -501,7 +501,7 @@ def _training_figure(run: page._Run) -> page._Figure | None:
         values = values[np.isfinite(values)]
         if values.size and np.all(values > 0) and values.max() / values.min() > 30:
             ax.set_yscale("log")
-            plots._plain_log_labels(ax)
+            plots.plain_log_labels(ax)
         ax.set_title(_PHASE_TITLES.get(name, name), fontsize=10)
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("loss")
@@ -518,7 +518,7 @@ def _training_figure(run: page._Run) -> page._Figure | None:
             ax.legend(handles, labels, fontsize=7, loc="upper right", framealpha=0.85)
     for ax in grid.ravel()[len(panels) :]:
         ax.set_visible(False)
-    return page._Figure(
+    return page.Figure(
         "train_curves",
         "Training, phase by phase",
         "Loss terms against optimiser step in each phase (math and language experts alone, "
@@ -534,18 +534,18 @@ def _training_figure(run: page._Run) -> page._Figure | None:
 # ------------------------------------------------------------------------- page
 
 
-def _html(run: page._Run, figures: Mapping[str, page._Figure]) -> str:
+def _html(run: page.RunFiles, figures: Mapping[str, page.Figure]) -> str:
     m = run.metrics
     recipe = m.get("recipe")
     title = f"tertulia report: {recipe}" if recipe is not None else "tertulia report"
-    parts = [f"<h1>{page._e(title)}</h1>"]
+    parts = [f"<h1>{page.escape(title)}</h1>"]
     if m.get("description"):
-        parts.append(f"<p class='description'>{page._e(m['description'])}</p>")
+        parts.append(f"<p class='description'>{page.escape(m['description'])}</p>")
     done = m.get("phases_done")
     done_text = ", ".join(str(p) for p in done) if isinstance(done, list) and done else "—"
     parts.append(
-        f"<p class='note'>Run directory: <code>{page._e(run.root.name)}</code> · phases "
-        f"done: {page._e(done_text)}</p>"
+        f"<p class='note'>Run directory: <code>{page.escape(run.root.name)}</code> · phases "
+        f"done: {page.escape(done_text)}</p>"
     )
     row = run.models().get("velora")
     if row:
@@ -554,11 +554,11 @@ def _html(run: page._Run, figures: Mapping[str, page._Figure]) -> str:
     parts.append(_system(m, figures))
     parts.append(_arithmetic(m))
     parts.append(_explanations(m))
-    train = page._training_table(run.section("train"))
+    train = page.training_table(run.section("train"))
     if train or "train_curves" in figures or run.log_bad_lines:
         parts.append("<section><h2>Training</h2>" + train)
         if "train_curves" in figures:
-            parts.append(page._figure_html(figures["train_curves"]))
+            parts.append(page.figure_html(figures["train_curves"]))
         if run.log_bad_lines:
             parts.append(
                 f"<p class='note'>{run.log_bad_lines} unreadable line(s) of "
@@ -569,18 +569,18 @@ def _html(run: page._Run, figures: Mapping[str, page._Figure]) -> str:
     if params:
         parts.append(
             "<section><h2>Parameters</h2>"
-            + page._key_value_table(params, css="params", count=True)
+            + page.key_value_table(params, css="params", count=True)
             + "</section>"
         )
     data = run.section("data")
     if data:
         parts.append(
-            "<section><h2>Data</h2>" + page._key_value_table(data, css="data") + "</section>"
+            "<section><h2>Data</h2>" + page.key_value_table(data, css="data") + "</section>"
         )
     return page.document(title, parts, css=_EXTRA_CSS)
 
 
-_FIGURES: tuple[Callable[[Mapping[str, Any]], page._Figure | None], ...] = (
+_FIGURES: tuple[Callable[[Mapping[str, Any]], page.Figure | None], ...] = (
     _within_figure,
     _language_confusion_figure,
     _router_confusion_figure,
@@ -588,7 +588,7 @@ _FIGURES: tuple[Callable[[Mapping[str, Any]], page._Figure | None], ...] = (
 )
 
 
-def build_velora_report(run: page._Run):
+def build_velora_report(run: page.RunFiles) -> Path:
     """Write the figures and ``report.html`` of a VELORA run; return the page's path."""
     figures = [f(run.metrics) for f in _FIGURES] + [_training_figure(run)]
     by_name = {f.name: f for f in figures if f is not None}

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ..runtime import map_tensors, model_device
 
@@ -91,7 +92,6 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     one-process run on the Burgers recipe, so it stays off."""
     if not active():
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     device = model_device(model)
     device_ids = [device.index] if device.type == "cuda" else None

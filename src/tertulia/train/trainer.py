@@ -44,6 +44,7 @@ import torch
 from .._io import atomic_write_text
 from ..config import TrainConfig
 from ..errors import TrainingDiverged
+from ..optim import DMGD, MultiFrequency
 from ..runtime import CPU
 from . import distributed
 from .blocks import BlockFreezer
@@ -190,8 +191,6 @@ class Trainer:
             groups = parameter_groups(self.model, cfg.weight_decay)
             o = cfg.optimizer
             if o.kind == "dmgd":
-                from ..optim import DMGD
-
                 self.optimizer = DMGD(
                     groups,
                     lr=cfg.lr,
@@ -207,8 +206,6 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr_scale"] = group["lr"] / cfg.lr
             if any(g.get("period", 1) > 1 for g in self.optimizer.param_groups):
-                from ..optim import MultiFrequency
-
                 # continuum memory: groups tagged {"period": C} step every C calls
                 self.optimizer = MultiFrequency(self.optimizer)
         self.ddp = distributed.wrap(self.model)  # the model itself unless torch.distributed runs

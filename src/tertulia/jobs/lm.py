@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import count_parameters
-from .config import LMModelConfig, LMRecipe
-from .data.chars import CharCorpus, char_corpus, pydoc_text, read_text
-from .runtime import CPU, Runtime, on_cpu
+from ..build import count_parameters
+from ..config import LMModelConfig, LMRecipe
+from ..data.chars import CharCorpus, char_corpus, pydoc_text, read_text
+from ..nn import lm
+from ..nn.titans import NeuralMemory
+from ..runs import EventFn, close_run, fit_model, no_event, open_run
+from ..runtime import CPU, Runtime, on_cpu
+from .base import Job
 
-EventFn = Callable[[str, dict[str, Any]], None]
 LN2 = math.log(2.0)
 
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
 
 
 def load_corpus(recipe: LMRecipe) -> CharCorpus:
@@ -56,13 +55,10 @@ def build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module
 
 
 def _build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Module:
-    from .nn import lm
-
     if name == "transformer":
         return lm.transformer_lm(vocab, m.d, m.layers, heads=m.heads, context=context)
     if name == "mamba":
         return lm.mamba_lm(vocab, m.d, m.layers, d_state=m.d_state)
-    from .nn.titans import NeuralMemory
 
     model = lm.hope_lm(
         vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk), periods=m.periods
@@ -139,11 +135,9 @@ def run_lm(
     *,
     resume: bool = False,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Train and judge every model of the recipe into ``out``; returns metrics.json's content."""
-    from .pipeline import close_run, fit_model, open_run
-
     started = time.perf_counter()
     corpus = load_corpus(recipe)  # bad data fails before anything is written
     runtime = open_run(
@@ -198,3 +192,11 @@ def run_lm(
         results["params"][name] = count_parameters(model)
         results["models"][name] = {"bpc": task.bpc()}
     return close_run(out, results, on_event)
+
+
+JOB = Job(
+    tasks=("lm",),
+    run=run_lm,
+    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
+    "(its fitted parameters are in metrics.json)",
+)

@@ -1,4 +1,7 @@
-r"""Rebuild a self-contained HTML report from a run directory alone.
+r"""The forecast page: the report of every run whose task has no page of its own
+(forecast, sequence, lm, recall and any other task): metrics, parameters, data,
+training, figures, equilibrium and robustness sections, and the compression section
+of runs that compress their own models (:func:`.compress.compression_section`).
 
 Inputs (only ``metrics.json`` is required; every other piece, section, model
 or curve may be missing, null or malformed and its table row, column or figure
@@ -32,6 +35,9 @@ Robustness inputs (``tertulia.robustness``), all optional:
     robustness.adversarial.{m}  evaluate_adversarial: rows [{method, eps, nrmse,
                                 nrmse_ratio, nll, coverage_90 …}], samples
 
+Recall runs (``task: recall``) add ``models.{m}.accuracy`` ({distance: accuracy}) and
+``data.chance_accuracy`` as one more figure, accuracy against distance.
+
 Outputs, written atomically into the run directory: one PNG per figure and
 ``report.html``, a single page with the PNGs embedded as base64 data URIs,
 inline CSS, no scripts and no external resources.
@@ -51,31 +57,35 @@ Axes
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_text
-from ..errors import RunDirError
 from . import plots
+from .compress import compression_section
+from .page import (
+    REPORT_FILE,
+    TRAIN_LOG_FILE,
+    Figure,
+    RunFiles,
+    document,
+    escape,
+    figure_html,
+    format_count,
+    format_value,
+    key_value_table,
+    order_models,
+    real_number,
+    training_table,
+)
 
-__all__ = ["build_report"]
+__all__ = ["build_forecast_report"]
 
-METRICS_FILE = "metrics.json"
-EXAMPLES_FILE = "examples.safetensors"
-TRAIN_LOG_FILE = "train_log.jsonl"
-REPORT_FILE = "report.html"
-
-# Models that usually exist come first, in this order; others follow as found.
-_CANONICAL_ORDER = ("orchestra", "mlp", "persistence")
 _LOWER_IS_BETTER_TOKENS = frozenset(
     {"nrmse", "rmse", "mse", "mae", "nll", "crps", "error", "miscalibration"}
 )
@@ -85,132 +95,14 @@ _UNRANKED_TOKENS = frozenset({"iterations", "converged", "unconverged", "rho", "
 _COVERAGE_KEY = re.compile(r"^coverage_(\d+)$")
 
 
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class _Run:
-    """What was read from a run directory, already checked for types."""
-
-    root: Path
-    metrics: dict[str, Any]
-    examples: dict[str, np.ndarray] = field(default_factory=dict)
-    log: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    log_bad_lines: int = 0
-
-    def section(self, key: str) -> dict[str, Any]:
-        value = self.metrics.get(key)
-        return value if isinstance(value, dict) else {}
-
-    def models(self) -> dict[str, dict[str, Any]]:
-        return {m: v for m, v in self.section("models").items() if isinstance(v, dict)}
-
-
-def _load_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory: no {METRICS_FILE}")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RunDirError(f"{path} is not valid JSON: {first_line}") from exc
-    if not isinstance(metrics, dict):
-        raise RunDirError(f"{path} must hold a JSON object, got {type(metrics).__name__}")
-    return metrics
-
-
-def _load_examples(run_dir: Path) -> dict[str, np.ndarray]:
-    path = run_dir / EXAMPLES_FILE
-    if not path.is_file():
-        return {}
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RunDirError(f"{path} is not a readable safetensors file: {message}") from exc
-    return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
-
-
-def _load_train_log(run_dir: Path) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """Records grouped by model; lines that are not JSON objects are counted and
-    skipped (a run killed mid-append can leave a torn last line)."""
-    path = run_dir / TRAIN_LOG_FILE
-    if not path.is_file():
-        return {}, 0
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    bad = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if not isinstance(record, dict):
-            bad += 1
-            continue
-        by_model.setdefault(str(record.get("model", "model")), []).append(record)
-    return by_model, bad
-
-
-def _load_run(run_dir: Path) -> _Run:
-    if not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is not a run directory: it does not exist")
-    metrics = _load_metrics(run_dir)
-    log, bad = _load_train_log(run_dir)
-    return _Run(run_dir, metrics, _load_examples(run_dir), log, bad)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _order_models(names: Sequence[str]) -> list[str]:
-    unique = list(dict.fromkeys(names))
-    known = [m for m in _CANONICAL_ORDER if m in unique]
-    return known + [m for m in unique if m not in _CANONICAL_ORDER]
-
-
-def _number(value: Any) -> float | None:
-    """A float for real numbers (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def _float_list(value: Any) -> np.ndarray | None:
     """A finite-length 1-D float array, or None when ``value`` is not a list of numbers."""
     if not isinstance(value, list) or not value:
         return None
-    numbers = [_number(v) for v in value]
+    numbers = [real_number(v) for v in value]
     if any(v is None for v in numbers):
         return None
     return np.asarray(numbers, dtype=np.float64)
-
-
-def _format_value(value: Any) -> str:
-    number = _number(value)
-    if number is not None:
-        return f"{number:.4g}"
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        return value
-    text = json.dumps(value, separators=(", ", ": "))
-    return text if len(text) <= 200 else text[:199] + "…"
-
-
-def _format_count(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    number = _number(value)
-    if number is not None and number.is_integer():
-        return f"{int(number):,}"
-    return _format_value(value)
 
 
 def _ranking(key: str) -> tuple[Callable[[float], float], str] | None:
@@ -234,7 +126,7 @@ def _best_models(key: str, row: Mapping[str, Any]) -> tuple[set[str], str]:
     score, word = ranking
     scores = {}
     for model, value in row.items():
-        number = _number(value)
+        number = real_number(value)
         if number is not None and math.isfinite(number):
             scores[model] = score(number)
     if len(scores) < 2:
@@ -243,64 +135,33 @@ def _best_models(key: str, row: Mapping[str, Any]) -> tuple[set[str], str]:
     return {m for m, s in scores.items() if math.isclose(s, best, rel_tol=1e-12, abs_tol=0)}, word
 
 
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
 # --------------------------------------------------------------------------- tables
 
 
 def _metrics_table(models: dict[str, dict[str, Any]]) -> str:
-    names = _order_models(list(models))
+    names = order_models(list(models))
     keys = list(dict.fromkeys(k for m in names for k in models[m]))
     if not names or not keys:
         return "<p class='note'>No model metrics were recorded.</p>"
-    head = "".join(f"<th>{_e(m)}</th>" for m in names)
+    head = "".join(f"<th>{escape(m)}</th>" for m in names)
     rows = []
     for key in keys:
         row = {m: models[m].get(key) for m in names}
         best, word = _best_models(key, row)
         cells = []
         for m in names:
-            text = _e(_format_value(row[m])) if key in models[m] else "—"
+            text = escape(format_value(row[m])) if key in models[m] else "—"
             cells.append(
                 f"<td class='best'><b>{text}</b></td>" if m in best else f"<td>{text}</td>"
             )
-        better = f"<td class='better'>{_e(word)}</td>"
-        rows.append(f"<tr><th scope='row'>{_e(key)}</th>{''.join(cells)}{better}</tr>")
+        better = f"<td class='better'>{escape(word)}</td>"
+        rows.append(f"<tr><th scope='row'>{escape(key)}</th>{''.join(cells)}{better}</tr>")
     return (
         "<table class='metrics'><thead><tr><th>metric</th>"
         f"{head}<th class='better'>better</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
         "<p class='note'>Values to 4 significant digits, on the test split. "
         "<b>Bold</b>: best among the models where “better” is defined.</p>"
-    )
-
-
-def _key_value_table(items: Mapping[str, Any], *, css: str, count: bool = False) -> str:
-    fmt = _format_count if count else _format_value
-    rows = "".join(
-        f"<tr><th scope='row'>{_e(k)}</th><td>{_e(fmt(v))}</td></tr>" for k, v in items.items()
-    )
-    return f"<table class='{css}'><tbody>{rows}</tbody></table>"
-
-
-def _training_table(train: Mapping[str, Any]) -> str:
-    runs = {m: v for m, v in train.items() if isinstance(v, dict)}
-    names = _order_models(list(runs))
-    keys = list(dict.fromkeys(k for m in names for k in runs[m]))
-    if not names or not keys:
-        return ""
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-    rows = []
-    for m in names:
-        cells = "".join(
-            f"<td>{_e(_format_count(runs[m][k]) if k in runs[m] else '—')}</td>" for k in keys
-        )
-        rows.append(f"<tr><th scope='row'>{_e(m)}</th>{cells}</tr>")
-    return (
-        f"<table class='train'><thead><tr><th>model</th>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
@@ -324,15 +185,15 @@ def _training_mode(summary: Mapping[str, Any]) -> str:
     return " / ".join(w for w in words if isinstance(w, str) and w)
 
 
-def _equilibrium_table(run: _Run) -> str:
+def _equilibrium_table(run: RunFiles) -> str:
     """One row per model with a numeric solver diagnostic; columns nobody has are dropped."""
     sources = {
         "models": run.models(),
         "train": {m: v for m, v in run.section("train").items() if isinstance(v, dict)},
     }
-    names = _order_models(list(sources["models"]) + list(sources["train"]))
+    names = order_models(list(sources["models"]) + list(sources["train"]))
     values = {
-        m: [_number(sources[sec].get(m, {}).get(key)) for _, sec, key in _EQUILIBRIUM_COLUMNS]
+        m: [real_number(sources[sec].get(m, {}).get(key)) for _, sec, key in _EQUILIBRIUM_COLUMNS]
         for m in names
     }
     rows = [m for m in names if any(v is not None for v in values[m])]
@@ -344,13 +205,13 @@ def _equilibrium_table(run: _Run) -> str:
     modes = {m: _training_mode(sources["train"].get(m, {})) for m in rows}
     show_mode = any(modes.values())
     head = ("<th>training mode</th>" if show_mode else "") + "".join(
-        f"<th>{_e(_EQUILIBRIUM_COLUMNS[i][0])}</th>" for i in used
+        f"<th>{escape(_EQUILIBRIUM_COLUMNS[i][0])}</th>" for i in used
     )
     body = []
     for m in rows:
-        cells = f"<td>{_e(modes[m] or '—')}</td>" if show_mode else ""
-        cells += "".join(f"<td>{_e(_format_value(values[m][i]))}</td>" for i in used)
-        body.append(f"<tr><th scope='row'>{_e(m)}</th>{cells}</tr>")
+        cells = f"<td>{escape(modes[m] or '—')}</td>" if show_mode else ""
+        cells += "".join(f"<td>{escape(format_value(values[m][i]))}</td>" for i in used)
+        body.append(f"<tr><th scope='row'>{escape(m)}</th>{cells}</tr>")
     return (
         f"<table class='equilibrium'><thead><tr><th>model</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
@@ -383,12 +244,12 @@ _METHOD_ORDER = {"none": 0, "fgsm": 1, "pgd": 2}
 _METHOD_LABEL = {"none": "clean", "fgsm": "FGSM", "pgd": "PGD"}
 
 
-def _robustness(run: _Run, key: str) -> dict[str, dict[str, Any]]:
+def _robustness(run: RunFiles, key: str) -> dict[str, dict[str, Any]]:
     """``robustness.{key}`` per model (dict entries only), in canonical model order."""
     raw = run.section("robustness").get(key)
     if not isinstance(raw, dict):
         return {}
-    return {m: raw[m] for m in _order_models(list(raw)) if isinstance(raw[m], dict)}
+    return {m: raw[m] for m in order_models(list(raw)) if isinstance(raw[m], dict)}
 
 
 def _ood_rows(entry: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -411,7 +272,7 @@ def _adversarial_rows(entry: Mapping[str, Any]) -> dict[tuple[str, float], dict[
     for r in raw if isinstance(raw, list) else ():
         if not isinstance(r, dict):
             continue
-        method, eps = r.get("method"), _number(r.get("eps"))
+        method, eps = r.get("method"), real_number(r.get("eps"))
         if isinstance(method, str) and eps is not None and math.isfinite(eps):
             rows.setdefault((method, eps), r)
     return rows
@@ -434,26 +295,26 @@ def _grouped_table(
     """A table with ``columns`` under every model. ``rows`` holds (row header cells,
     model → scores); numbers as elsewhere, booleans as ✓/✗, best per row in bold."""
     models = list(dict.fromkeys(m for _, scores in rows for m in scores))
-    top = "".join(f"<th rowspan='2'>{_e(h)}</th>" for h in row_heads) + "".join(
-        f"<th colspan='{len(columns)}'>{_e(m)}</th>" for m in models
+    top = "".join(f"<th rowspan='2'>{escape(h)}</th>" for h in row_heads) + "".join(
+        f"<th colspan='{len(columns)}'>{escape(m)}</th>" for m in models
     )
-    sub = "".join(f"<th>{_e(h)}</th>" for m in models for h, _ in columns)
+    sub = "".join(f"<th>{escape(h)}</th>" for m in models for h, _ in columns)
     body = []
     for heads, scores in rows:
         best = {
             k: _best_models(k, {m: scores[m].get(k) for m in scores})[0]
             for k in _RANKED_ROBUSTNESS_KEYS
         }
-        cells = [f"<th scope='row'>{_e(h)}</th>" for h in heads]
+        cells = [f"<th scope='row'>{escape(h)}</th>" for h in heads]
         for m in models:
             for _, k in columns:
                 value = scores.get(m, {}).get(k)
                 if k == "sigma_follows_error":
                     cells.append(_flag(value))
                 elif m in best.get(k, ()):
-                    cells.append(f"<td class='best'><b>{_e(_format_value(value))}</b></td>")
+                    cells.append(f"<td class='best'><b>{escape(format_value(value))}</b></td>")
                 else:
-                    cells.append(f"<td>{_e(_format_value(value))}</td>")
+                    cells.append(f"<td>{escape(format_value(value))}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (
         f"<div class='scroll'><table class='{css}'><thead><tr>{top}</tr><tr>{sub}</tr></thead>"
@@ -461,7 +322,7 @@ def _grouped_table(
     )
 
 
-def _ood_tables(run: _Run) -> str:
+def _ood_tables(run: RunFiles) -> str:
     entries = _robustness(run, "ood")
     per_model = {m: r for m, e in entries.items() if (r := _ood_rows(e))}
     parts = []
@@ -488,13 +349,13 @@ def _ood_tables(run: _Run) -> str:
     for m, e in entries.items():
         raw = e.get("skipped")
         for name, reason in raw.items() if isinstance(raw, dict) else ():
-            skipped.setdefault(str(name), {}).setdefault(_format_value(reason), []).append(m)
+            skipped.setdefault(str(name), {}).setdefault(format_value(reason), []).append(m)
     if skipped:
         items = []
         for name, reasons in skipped.items():
             for reason, models in reasons.items():
                 who = "" if len(models) == len(entries) else f" ({', '.join(models)})"
-                items.append(f"<li><b>{_e(name)}</b>{_e(who)}: {_e(reason)}</li>")
+                items.append(f"<li><b>{escape(name)}</b>{escape(who)}: {escape(reason)}</li>")
         parts.append(
             f"<p class='note'>Skipped conditions:</p><ul class='note'>{''.join(items)}</ul>"
         )
@@ -502,22 +363,22 @@ def _ood_tables(run: _Run) -> str:
         m: e["spearman_std_error"]
         for m, e in entries.items()
         if "spearman_std_error" in e
-        and (e["spearman_std_error"] is None or _number(e["spearman_std_error"]) is not None)
+        and (e["spearman_std_error"] is None or real_number(e["spearman_std_error"]) is not None)
     }
     if spearman:
         values = ", ".join(
-            f"{m} {_format_value(v) if v is not None else '— (undefined)'}"
+            f"{m} {format_value(v) if v is not None else '— (undefined)'}"
             for m, v in spearman.items()
         )
         parts.append(
             "<p class='note spearman'>Spearman rank correlation between σ̂ and the error per "
             "sample, pooled over the test set and every condition (1: σ̂ orders the samples "
-            f"by their error, 0: no relation): {_e(values)}.</p>"
+            f"by their error, 0: no relation): {escape(values)}.</p>"
         )
     return "".join(parts)
 
 
-def _adversarial_table(run: _Run) -> str:
+def _adversarial_table(run: RunFiles) -> str:
     entries = _robustness(run, "adversarial")
     per_model = {m: r for m, e in entries.items() if (r := _adversarial_rows(e))}
     if not per_model:
@@ -526,7 +387,7 @@ def _adversarial_table(run: _Run) -> str:
     keys.sort(key=lambda k: (_METHOD_ORDER.get(k[0], len(_METHOD_ORDER)), k[0], k[1]))
     rows = [
         (
-            [_METHOD_LABEL.get(method, method), _format_value(eps)],
+            [_METHOD_LABEL.get(method, method), format_value(eps)],
             {m: r[(method, eps)] for m, r in per_model.items() if (method, eps) in r},
         )
         for method, eps in keys
@@ -534,20 +395,20 @@ def _adversarial_table(run: _Run) -> str:
     samples = {
         m: entries[m]["samples"]
         for m in per_model
-        if _number(entries[m].get("samples")) is not None
+        if real_number(entries[m].get("samples")) is not None
     }
     counts = set(samples.values())
     if len(counts) == 1 and len(samples) == len(per_model):
-        on = f" on {_format_count(next(iter(counts)))} test samples"
+        on = f" on {format_count(next(iter(counts)))} test samples"
     elif samples:
-        on = " on " + ", ".join(f"{_format_count(n)} ({m})" for m, n in samples.items())
+        on = " on " + ", ".join(f"{format_count(n)} ({m})" for m, n in samples.items())
         on += " test samples"
     else:
         on = ""
     return (
         "<h3>Adversarial inputs</h3>"
         + _grouped_table("adversarial", ["attack", "ε"], rows, _ADVERSARIAL_COLUMNS)
-        + f"<p class='note'>Scores{_e(on)} when the input window is perturbed within "
+        + f"<p class='note'>Scores{escape(on)} when the input window is perturbed within "
         "‖δ‖∞ ≤ ε · RMS(window) to maximise the loss (FGSM: one signed-gradient step; PGD: "
         "projected steps from a random start). nRMSE ratio: attacked / clean. "
         "<b>Bold</b>: best nRMSE, NLL and coverage per attack.</p>"
@@ -557,17 +418,9 @@ def _adversarial_table(run: _Run) -> str:
 # --------------------------------------------------------------------------- figures
 
 
-@dataclass
-class _Figure:
-    name: str  # file stem of the PNG
-    title: str
-    caption: str
-    png: bytes
-
-
-def _prediction(run: _Run, models: list[str]) -> _Figure | None:
+def _prediction(run: RunFiles, models: list[str]) -> Figure | None:
     ex = run.examples
-    candidates = _order_models(models + [k[: -len(".mean")] for k in ex if k.endswith(".mean")])
+    candidates = order_models(models + [k[: -len(".mean")] for k in ex if k.endswith(".mean")])
     grid = next((ex[k].shape for k in ("truth", "obs", "x") if k in ex and ex[k].ndim == 1), None)
     predictions = {}
     for m in candidates:
@@ -587,7 +440,7 @@ def _prediction(run: _Run, models: list[str]) -> _Figure | None:
 
     x = same_grid("x")
     x = x if x is not None else np.arange(grid[0], dtype=np.float64)
-    cells = _number(run.section("curves").get("cells"))
+    cells = real_number(run.section("curves").get("cells"))
     fig = plots.prediction_figure(
         x,
         predictions,
@@ -596,7 +449,7 @@ def _prediction(run: _Run, models: list[str]) -> _Figure | None:
         input_last=same_grid("input_last"),
         cells=int(cells) if cells is not None and cells.is_integer() else None,
     )
-    return _Figure(
+    return Figure(
         "prediction",
         "Next-frame prediction on one test sample",
         "The coloured line is each model's predictive mean and the shaded band mean ± 2σ "
@@ -609,14 +462,14 @@ def _prediction(run: _Run, models: list[str]) -> _Figure | None:
     )
 
 
-def _rollout(run: _Run) -> _Figure | None:
+def _rollout(run: RunFiles) -> Figure | None:
     raw = run.section("curves").get("rollout_nrmse")
     if not isinstance(raw, dict):
         return None
-    curves = {m: v for m in _order_models(list(raw)) if (v := _float_list(raw[m])) is not None}
+    curves = {m: v for m in order_models(list(raw)) if (v := _float_list(raw[m])) is not None}
     if not curves:
         return None
-    return _Figure(
+    return Figure(
         "rollout_nrmse",
         "Rollout error",
         "nRMSE (‖prediction − truth‖₂ / ‖truth‖₂ per sample, averaged over the test set) when "
@@ -627,7 +480,7 @@ def _rollout(run: _Run) -> _Figure | None:
     )
 
 
-def _calibration(run: _Run, models: dict[str, dict[str, Any]]) -> _Figure | None:
+def _calibration(run: RunFiles, models: dict[str, dict[str, Any]]) -> Figure | None:
     raw = run.section("curves").get("calibration")
     if not isinstance(raw, dict):
         return None
@@ -636,18 +489,18 @@ def _calibration(run: _Run, models: dict[str, dict[str, Any]]) -> _Figure | None
         return None
     observed = {
         m: v
-        for m in _order_models([k for k in raw if k != "levels"])
+        for m in order_models([k for k in raw if k != "levels"])
         if (v := _float_list(raw[m])) is not None and v.shape == levels.shape
     }
     if not observed:
         return None
     areas = {}
     for m in observed:
-        area = _number(models.get(m, {}).get("miscalibration_area"))
+        area = real_number(models.get(m, {}).get("miscalibration_area"))
         if area is not None:
             areas[m] = area
     fig = plots.calibration_figure(levels, observed, areas=areas)
-    return _Figure(
+    return Figure(
         "calibration",
         "Calibration of the predictive intervals",
         "Fraction of test points that fall inside the central predictive interval, against "
@@ -659,11 +512,11 @@ def _calibration(run: _Run, models: dict[str, dict[str, Any]]) -> _Figure | None
     )
 
 
-def _residual(run: _Run) -> _Figure | None:
+def _residual(run: RunFiles) -> Figure | None:
     residuals = _float_list(run.section("curves").get("residual_per_round"))
     if residuals is None:
         return None
-    return _Figure(
+    return Figure(
         "residual_per_round",
         "Convergence of the message rounds",
         "Relative change of the orchestra's joint state from one round to the next, "
@@ -674,7 +527,7 @@ def _residual(run: _Run) -> _Figure | None:
     )
 
 
-def _attention(run: _Run) -> _Figure | None:
+def _attention(run: RunFiles) -> Figure | None:
     raw = run.section("curves").get("attention")
     if raw is None:
         return None
@@ -688,7 +541,7 @@ def _attention(run: _Run) -> _Figure | None:
     if a.ndim > 2:  # e.g. per round or per head: show the mean
         a = a.reshape(-1, *a.shape[-2:]).mean(axis=0)
         title += " (mean over leading axes)"
-    return _Figure(
+    return Figure(
         "attention",
         "Who listens to whom",
         "Attention weight α_ij: row i is the receiving cell, "
@@ -698,10 +551,10 @@ def _attention(run: _Run) -> _Figure | None:
     )
 
 
-def _training(run: _Run) -> _Figure | None:
+def _training(run: RunFiles) -> Figure | None:
     if not run.log:
         return None
-    log = {m: run.log[m] for m in _order_models(list(run.log))}
+    log = {m: run.log[m] for m in order_models(list(run.log))}
     fig = plots.training_figure(log)
     if fig is None:
         return None
@@ -716,15 +569,15 @@ def _training(run: _Run) -> _Figure | None:
             " Right: the orchestra's final-round residual, which should fall as the cells "
             "learn to agree."
         )
-    return _Figure("train_curves", "Training", caption, plots.figure_png(fig))
+    return Figure("train_curves", "Training", caption, plots.figure_png(fig))
 
 
-def _spacetime(run: _Run, models: list[str]) -> _Figure | None:
+def _spacetime(run: RunFiles, models: list[str]) -> Figure | None:
     ex = run.examples
     truth = ex.get("rollout.truth")
     if truth is None or truth.ndim != 2 or truth.shape[0] == 0:
         return None
-    candidates = _order_models(
+    candidates = order_models(
         models + [k[: -len(".rollout_mean")] for k in ex if k.endswith(".rollout_mean")]
     )
     # The persistence rollout is a flat copy of the input: show it only when alone.
@@ -743,7 +596,7 @@ def _spacetime(run: _Run, models: list[str]) -> _Figure | None:
     if x is None or x.shape != truth.shape[1:]:
         x = np.arange(truth.shape[1], dtype=np.float64)
     fig = plots.spacetime_figure(x, truth, ex[f"{model}.rollout_mean"], model=model)
-    return _Figure(
+    return Figure(
         "rollout_spacetime",
         f"Rollout in space and time ({model})",
         f"One test trajectory rolled out autoregressively: space on the horizontal axis, "
@@ -754,11 +607,11 @@ def _spacetime(run: _Run, models: list[str]) -> _Figure | None:
     )
 
 
-def _rho(run: _Run) -> _Figure | None:
+def _rho(run: RunFiles) -> Figure | None:
     rho = _float_list(run.section("curves").get("rho"))
     if rho is None:
         return None
-    return _Figure(
+    return Figure(
         "rho",
         "Contraction at the fixed point",
         "Histogram over the test samples of the contraction factor ρ of the orchestra's "
@@ -770,11 +623,11 @@ def _rho(run: _Run) -> _Figure | None:
     )
 
 
-def _iterations(run: _Run) -> _Figure | None:
+def _iterations(run: RunFiles) -> Figure | None:
     iterations = _float_list(run.section("curves").get("iterations"))
     if iterations is None or not np.isfinite(iterations).any():
         return None
-    return _Figure(
+    return Figure(
         "iterations",
         "Forward solver iterations",
         "Histogram over the test samples of the evaluations of the round map the forward "
@@ -785,10 +638,10 @@ def _iterations(run: _Run) -> _Figure | None:
     )
 
 
-def _solver_training(run: _Run) -> _Figure | None:
+def _solver_training(run: RunFiles) -> Figure | None:
     if not run.log:
         return None
-    log = {m: run.log[m] for m in _order_models(list(run.log))}
+    log = {m: run.log[m] for m in order_models(list(run.log))}
     fig = plots.solver_training_figure(log)
     if fig is None:
         return None
@@ -803,17 +656,17 @@ def _solver_training(run: _Run) -> _Figure | None:
             " Right: the mean contraction factor ρ where it was measured; it should stay "
             "below the red line at 1."
         )
-    return _Figure("solver_training", "Solver during training", caption, plots.figure_png(fig))
+    return Figure("solver_training", "Solver during training", caption, plots.figure_png(fig))
 
 
-def _ood(run: _Run) -> _Figure | None:
+def _ood(run: RunFiles) -> Figure | None:
     per_model = {m: _ood_rows(e) for m, e in _robustness(run, "ood").items()}
     conditions = list(
         dict.fromkeys(c for rows in per_model.values() for c in rows if c != _IN_DISTRIBUTION)
     )
 
     def column(rows: Mapping[str, Mapping[str, Any]], key: str) -> np.ndarray:
-        values = [_number(rows.get(c, {}).get(key)) for c in conditions]
+        values = [real_number(rows.get(c, {}).get(key)) for c in conditions]
         return np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
 
     ratios = {
@@ -822,7 +675,7 @@ def _ood(run: _Run) -> _Figure | None:
     ratios = {m: r for m, r in ratios.items() if np.isfinite(np.concatenate(r)).any()}
     if not conditions or not ratios:
         return None
-    return _Figure(
+    return Figure(
         "ood",
         "Out of distribution",
         "Bars: nRMSE on each shifted test set divided by the in-distribution nRMSE, drawn "
@@ -833,14 +686,14 @@ def _ood(run: _Run) -> _Figure | None:
     )
 
 
-def _adversarial(run: _Run) -> _Figure | None:
+def _adversarial(run: RunFiles) -> Figure | None:
     curves: dict[str, dict[str, tuple[list[float], list[float], list[float]]]] = {}
     for m, entry in _robustness(run, "adversarial").items():
         methods: dict[str, tuple[list[float], list[float], list[float]]] = {}
         for (method, eps), r in _adversarial_rows(entry).items():
             if method not in _METHOD_ORDER:
                 continue
-            nrmse, cov = _number(r.get("nrmse")), _number(r.get("coverage_90"))
+            nrmse, cov = real_number(r.get("nrmse")), real_number(r.get("coverage_90"))
             if nrmse is None and cov is None:
                 continue
             eps_list, nrmse_list, cov_list = methods.setdefault(method, ([], [], []))
@@ -851,7 +704,7 @@ def _adversarial(run: _Run) -> _Figure | None:
             curves[m] = methods
     if not curves:
         return None
-    return _Figure(
+    return Figure(
         "adversarial",
         "Adversarial inputs",
         "nRMSE (left) and coverage of the 90% interval (right) when every input window is "
@@ -863,134 +716,14 @@ def _adversarial(run: _Run) -> _Figure | None:
     )
 
 
-# --------------------------------------------------------------------------- page
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0;
-       color: #1d1d1f; background: #fafafa; line-height: 1.45; }
-main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 3rem; }
-h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
-.description { color: #444; margin-top: 0.2rem; }
-table { border-collapse: collapse; margin: 0.6rem 0; background: white; }
-th, td { border: 1px solid #ddd; padding: 0.25rem 0.7rem; text-align: right;
-         font-variant-numeric: tabular-nums; }
-th[scope=row] { text-align: left; font-weight: 600; }
-thead th { background: #f0f0f3; }
-td.best { background: #eef6ee; }
-td.yes { color: #2a7a2a; text-align: center; } td.no { color: #b3261e; text-align: center; }
-.scroll { overflow-x: auto; }
-h3 { margin-bottom: 0.3rem; }
-.better { color: #777; font-size: 0.85em; text-align: left; }
-.note { color: #666; font-size: 0.9em; }
-figure { margin: 1.5rem 0; background: white; border: 1px solid #e3e3e3; padding: 0.8rem; }
-figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
-figcaption { color: #444; font-size: 0.92em; margin-top: 0.5rem; }
-figcaption b { color: #1d1d1f; }
-footer { color: #888; font-size: 0.85em; margin-top: 3rem; }
-"""
-
-
-def _figure_html(fig: _Figure) -> str:
-    data = base64.b64encode(fig.png).decode("ascii")
-    return (
-        f"<figure id='fig-{_e(fig.name)}'><img src=\"data:image/png;base64,{data}\" "
-        f"alt='{_e(fig.title)}'><figcaption><b>{_e(fig.title)}.</b> {_e(fig.caption)}"
-        "</figcaption></figure>"
-    )
-
-
-def _page(
-    run: _Run,
-    figures: list[_Figure],
-    *,
-    equilibrium: Sequence[_Figure] = (),
-    robustness: Sequence[_Figure] = (),
-) -> str:
-    recipe = run.metrics.get("recipe")
-    title = f"tertulia report: {recipe}" if recipe is not None else "tertulia report"
-    parts = [f"<h1>{_e(title)}</h1>"]
-    description = run.metrics.get("description")
-    if description:
-        parts.append(f"<p class='description'>{_e(description)}</p>")
-    parts.append(f"<p class='note'>Run directory: <code>{_e(run.root.name)}</code></p>")
-
-    parts.append("<section><h2>Metrics</h2>")
-    parts.append(_metrics_table(run.models()))
-    parts.append("</section>")
-
-    params = run.section("params")
-    if params:
-        names = _order_models(list(params))
-        parts.append("<section><h2>Parameters</h2>")
-        parts.append(_key_value_table({m: params[m] for m in names}, css="params", count=True))
-        parts.append("</section>")
-
-    data = run.section("data")
-    if data:
-        parts.append("<section><h2>Data</h2>")
-        parts.append(_key_value_table(data, css="data"))
-        parts.append("</section>")
-
-    train = _training_table(run.section("train"))
-    if train or run.log_bad_lines:
-        parts.append("<section><h2>Training</h2>")
-        parts.append(train)
-        if run.log_bad_lines:
-            parts.append(
-                f"<p class='note'>{run.log_bad_lines} unreadable line(s) of "
-                f"{TRAIN_LOG_FILE} were skipped.</p>"
-            )
-        parts.append("</section>")
-
-    if figures:
-        parts.append("<section><h2>Figures</h2>")
-        parts.extend(_figure_html(f) for f in figures)
-        parts.append("</section>")
-
-    table = _equilibrium_table(run)
-    if table or equilibrium:
-        parts.append("<section id='equilibrium'><h2>Equilibrium</h2>")
-        parts.append(table)
-        parts.extend(_figure_html(f) for f in equilibrium)
-        parts.append("</section>")
-
-    tables = _ood_tables(run) + _adversarial_table(run)
-    if tables or robustness:
-        parts.append("<section id='robustness'><h2>Robustness</h2>")
-        parts.append(tables)
-        parts.extend(_figure_html(f) for f in robustness)
-        parts.append("</section>")
-
-    compression = run.metrics.get("compression")
-    if isinstance(compression, dict) and compression:
-        from .compress import compression_section
-
-        parts.append(compression_section(run.root, compression))
-
-    return document(title, parts)
-
-
-def document(title: str, parts: Sequence[str], *, css: str = "") -> str:
-    """The whole page: ``parts`` (HTML fragments, empty ones dropped) then the footer."""
-    body = "\n".join(p for p in (*parts, _FOOTER) if p)
-    return (
-        "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{_e(title)}</title>\n<style>{_CSS}{css}</style>\n</head>\n"
-        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
-    )
-
-
-_FOOTER = "<footer>Rebuilt from the run directory by tertulia.report.</footer>"
-
-
-def _recall_distance(run: _Run) -> _Figure | None:
-    """Recall runs: test accuracy against the query distance, in attention windows."""
+def _recall_distance(run: RunFiles) -> Figure | None:
+    """Recall runs (``task: recall``): test accuracy against the query distance, in
+    attention windows; None for every other task."""
     if run.metrics.get("task") != "recall":
         return None
     rows = run.metrics.get("models") or {}
     chance = (run.metrics.get("data") or {}).get("chance_accuracy")
-    fig = plots._new_figure(5.0, 3.0)
+    fig = plots.new_figure(5.0, 3.0)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
     for name, row in rows.items():
@@ -1015,38 +748,86 @@ def _recall_distance(run: _Run) -> _Figure | None:
         "Accuracy of recalling a value seen this many windows before the query. Sliding "
         "attention cannot see past its layers·(W−1) steps; a test-time memory can."
     )
-    return _Figure("recall_distance", "Recall against distance", caption, plots.figure_png(fig))
+    return Figure("recall_distance", "Recall against distance", caption, plots.figure_png(fig))
 
 
-def build_report(run_dir: Path) -> Path:
-    """Write the figures (PNG) and ``report.html`` into ``run_dir``; return the page's path.
+# --------------------------------------------------------------------------- page
 
-    Raises :class:`~tertulia.errors.RunDirError` when ``run_dir`` has no readable
-    ``metrics.json`` or a corrupt ``examples.safetensors``.
-    """
-    from .._io import secondary_rank
 
-    if secondary_rank():  # rank 0 of a distributed run writes the report
-        return Path(run_dir) / REPORT_FILE
-    run = _load_run(Path(run_dir))
-    if run.metrics.get("task") in ("series", "island"):
-        from .classical import build_classical_report
+def _html(
+    run: RunFiles,
+    figures: list[Figure],
+    *,
+    equilibrium: Sequence[Figure] = (),
+    robustness: Sequence[Figure] = (),
+) -> str:
+    recipe = run.metrics.get("recipe")
+    title = f"tertulia report: {recipe}" if recipe is not None else "tertulia report"
+    parts = [f"<h1>{escape(title)}</h1>"]
+    description = run.metrics.get("description")
+    if description:
+        parts.append(f"<p class='description'>{escape(description)}</p>")
+    parts.append(f"<p class='note'>Run directory: <code>{escape(run.root.name)}</code></p>")
 
-        return build_classical_report(run)
-    if run.metrics.get("task") == "compress":
-        from .compress import build_compress_report
+    parts.append("<section><h2>Metrics</h2>")
+    parts.append(_metrics_table(run.models()))
+    parts.append("</section>")
 
-        return build_compress_report(run)
-    if run.metrics.get("task") == "velora":
-        from .velora import build_velora_report
+    params = run.section("params")
+    if params:
+        names = order_models(list(params))
+        parts.append("<section><h2>Parameters</h2>")
+        parts.append(key_value_table({m: params[m] for m in names}, css="params", count=True))
+        parts.append("</section>")
 
-        return build_velora_report(run)
-    if run.metrics.get("task") == "continual":
-        from .continual import build_continual_report
+    data = run.section("data")
+    if data:
+        parts.append("<section><h2>Data</h2>")
+        parts.append(key_value_table(data, css="data"))
+        parts.append("</section>")
 
-        return build_continual_report(run)
+    train = training_table(run.section("train"))
+    if train or run.log_bad_lines:
+        parts.append("<section><h2>Training</h2>")
+        parts.append(train)
+        if run.log_bad_lines:
+            parts.append(
+                f"<p class='note'>{run.log_bad_lines} unreadable line(s) of "
+                f"{TRAIN_LOG_FILE} were skipped.</p>"
+            )
+        parts.append("</section>")
+
+    if figures:
+        parts.append("<section><h2>Figures</h2>")
+        parts.extend(figure_html(f) for f in figures)
+        parts.append("</section>")
+
+    table = _equilibrium_table(run)
+    if table or equilibrium:
+        parts.append("<section id='equilibrium'><h2>Equilibrium</h2>")
+        parts.append(table)
+        parts.extend(figure_html(f) for f in equilibrium)
+        parts.append("</section>")
+
+    tables = _ood_tables(run) + _adversarial_table(run)
+    if tables or robustness:
+        parts.append("<section id='robustness'><h2>Robustness</h2>")
+        parts.append(tables)
+        parts.extend(figure_html(f) for f in robustness)
+        parts.append("</section>")
+
+    compression = run.metrics.get("compression")
+    if isinstance(compression, dict) and compression:
+        parts.append(compression_section(run.root, compression))
+
+    return document(title, parts)
+
+
+def build_forecast_report(run: RunFiles) -> Path:
+    """Write the figures (PNG) and ``report.html`` of the forecast page into the run
+    directory; return the page's path."""
     models = run.models()
-    names = _order_models(list(models))
+    names = order_models(list(models))
     figures = [
         fig
         for fig in (
@@ -1065,5 +846,5 @@ def build_report(run_dir: Path) -> Path:
     robustness = [f for f in (_ood(run), _adversarial(run)) if f is not None]
     for fig in (*figures, *equilibrium, *robustness):
         atomic_write_bytes(run.root / f"{fig.name}.png", fig.png)
-    page = _page(run, figures, equilibrium=equilibrium, robustness=robustness)
-    return atomic_write_text(run.root / REPORT_FILE, page)
+    html = _html(run, figures, equilibrium=equilibrium, robustness=robustness)
+    return atomic_write_text(run.root / REPORT_FILE, html)

@@ -38,6 +38,7 @@ Legend: B batch, E = 2 experts.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -49,11 +50,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._io import append_line, atomic_write_json, atomic_write_text, json_safe
-from .build import count_parameters
-from .config import VeloraRecipe
-from .data.text import EncodedText, encode
-from .data.velora import (
+from .._io import atomic_write_json, json_safe
+from ..build import count_parameters
+from ..compress.targets import Target
+from ..config import VeloraRecipe
+from ..data.text import NUM, EncodedText, encode
+from ..data.velora import (
     OPS,
     LanguageRow,
     MathRow,
@@ -62,20 +64,18 @@ from .data.velora import (
     read_datasets,
     write_datasets,
 )
-from .errors import RunDirError
-from .nn.arith import rel_loss
-from .nn.text_experts import LanguageExpert, MathExpert
-from .nn.velora import EXPERTS, TYPES, Velora, as_inputs
-from .runtime import CPU, Runtime, on_cpu
-from .train import has_checkpoint, load_checkpoint
-from .train.stages import LayerGroup, freeze, unfreeze
+from ..errors import RunDirError
+from ..nn.arith import rel_loss
+from ..nn.text_experts import LanguageExpert, MathExpert
+from ..nn.velora import EXPERTS, TYPES, Velora, as_inputs
+from ..runs import Event, EventFn, close_run, fit_in_run, no_event, open_run
+from ..runtime import CPU, Runtime, on_cpu
+from ..train import has_checkpoint, load_checkpoint
+from ..train.stages import LayerGroup, freeze, unfreeze
+from .base import Job
 
-EventFn = Callable[[str, dict[str, Any]], None]
 PHASES = ("experts", "router", "finetune")
 
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
 
 
 def within(value: torch.Tensor, answer: torch.Tensor, rel: float = 0.01) -> torch.Tensor:
@@ -466,8 +466,6 @@ def judge_system(model: Velora, s: MixedSet, runtime: Runtime = CPU) -> dict[str
 
 def _segments(tokens: list[int], values: list[float], scores: list[float]) -> list[list[Any]]:
     """Token scores → [text piece, score] with multi-byte characters and numbers whole."""
-    from .data.text import NUM
-
     pieces: list[list[Any]] = []
     buf, acc = b"", 0.0
     for tok, val, sc in zip(tokens, values, scores, strict=True):
@@ -575,8 +573,6 @@ def _fit(
     on_event: EventFn,
     layer_groups: list[LayerGroup] | None = None,
 ) -> dict[str, Any]:
-    from .pipeline import fit_in_run
-
     summary = fit_in_run(
         task,
         cfg,
@@ -591,7 +587,7 @@ def _fit(
     )
     keys = ("steps", "seconds", "resumed_from", "skipped_steps", "best_step", "best_validation")
     result = {k: summary[k] for k in keys}
-    on_event("train_end", {"model": name, **result})
+    on_event(Event.TRAIN_END, {"model": name, **result})
     return result
 
 
@@ -611,7 +607,7 @@ def run_velora(
     phase: str = "all",
     resume: bool = False,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Run the recipe's ``phase`` (or all three) into ``out``; returns metrics.json's content."""
     if phase not in (*PHASES, "all"):
@@ -621,8 +617,6 @@ def run_velora(
             f"--phase {phase} continues a run whose earlier phases are done: "
             "use --resume DIR (or --phase all for a fresh run)"
         )
-    if recipe.math.train.threads:
-        torch.set_num_threads(recipe.math.train.threads)
     runtime = Runtime.of(recipe)  # a device this machine lacks fails before anything is written
     started = time.perf_counter()
     with on_cpu():
@@ -635,22 +629,21 @@ def run_velora(
         "extrapolation": len(data.extrapolation),
         "mixed": {k: int(v.domain.shape[0]) for k, v in enc.mixed.items()},
     }
-    on_event(
-        "data",
-        {
+    open_run(
+        recipe,
+        out,
+        resume=resume,
+        command=command,
+        on_event=on_event,
+        data={
             "source": recipe.data.path or "generated",
             "sizes": {k: sum(v.values()) if isinstance(v, dict) else v for k, v in sizes.items()},
             "unit": "items",
             "seconds": time.perf_counter() - started,
-            "out": str(out),
         },
+        threads=recipe.math.train.threads,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(out / "config.yaml", recipe.to_yaml())
     files = write_datasets(out / "data", data)
-    if command:
-        append_line(out / "command.txt", command)
     metrics_path = out / "metrics.json"
     results: dict[str, Any] = {
         "task": "velora",
@@ -670,8 +663,6 @@ def run_velora(
         "runtime": runtime.describe(),
     }
     if resume and metrics_path.exists():
-        import json
-
         try:
             previous = json.loads(metrics_path.read_text())
             if previous.get("task") == "velora":
@@ -759,13 +750,8 @@ def run_velora(
     if "router" in results["phases_done"] or "finetune" in results["phases_done"]:
         results["explanations"] = explain(velora, enc.mixed["test"], recipe.explain, recipe.seed)
         results["arithmetic"] = velora.math.arith.weights()
-    on_event("evaluate", {"models": ["velora"]})
-    save()
-    on_event("report", {})
-    from .report import build_report
-
-    build_report(out)
-    return results
+    results["models"] = {"velora": _contract(results)}
+    return close_run(out, results, on_event)
 
 
 def _mark(results: dict[str, Any], phase: str) -> None:
@@ -814,3 +800,56 @@ def _contract(results: dict[str, Any]) -> dict[str, Any]:
         row["mixed_score_phase2"] = phases["router"]["test"]["mixed_score"]
         row["mixed_score_phase3"] = phases["finetune"]["test"]["mixed_score"]
     return row
+
+
+def velora_targets(recipe: VeloraRecipe, run_dir: Path) -> list[Target]:
+    """The whole system after its last finished phase (its best-validating weights), judged
+    by the mixed score of the test split."""
+    phase = next(
+        (p for p in ("finetune", "router") if has_checkpoint(run_dir / "checkpoint" / p / "best")),
+        None,
+    )
+    if phase is None:
+        raise RunDirError(
+            f"{run_dir} has no trained VELORA system yet; run its phases first "
+            f"('tertulia run {recipe.name} --out {run_dir}')"
+        )
+    runtime = Runtime.of(recipe)
+    with on_cpu():
+        enc = encode_data(load_data(recipe), recipe)
+    enc = runtime.to(enc)
+    model = build_velora(recipe, *build_experts(recipe))
+    groups, _ = load_checkpoint(run_dir / "checkpoint" / phase / "best")
+    model.load_state_dict(groups["model"])
+    model.eval()
+    cfg = recipe.finetune.train if phase == "finetune" else recipe.phase2
+    return [
+        Target(
+            name="velora",
+            model=model,
+            make_task=lambda m: SystemTask(m, enc, recipe, cfg.batch_size, runtime),
+            judge=lambda m: judge_system(m, enc.mixed["test"], runtime),
+            metric="mixed_score",
+            higher_is_better=True,
+            train=cfg,
+            seed=recipe.seed + 3000,
+        )
+    ]
+
+
+def evaluate_velora(
+    recipe: VeloraRecipe, run_dir: Path, *, on_event: EventFn = no_event
+) -> dict[str, Any]:
+    """Re-judge a run: resuming it with its phases done only judges them again."""
+    return run_velora(recipe, run_dir, resume=True, on_event=on_event)
+
+
+JOB = Job(
+    tasks=("velora",),
+    run=run_velora,
+    evaluate=evaluate_velora,
+    targets=velora_targets,
+    phases=PHASES,
+    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
+    "(its fitted parameters are in metrics.json)",
+)

@@ -20,7 +20,6 @@ Legend: P pairs, W the attention window.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import count_parameters
-from .config import RecallModelConfig, RecallRecipe
-from .data.recall import RecallSet, RecallVocab, recall_set
-from .runtime import CPU, Runtime, on_cpu
-
-EventFn = Callable[[str, dict[str, Any]], None]
-
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
+from ..build import count_parameters
+from ..config import RecallModelConfig, RecallRecipe
+from ..data.recall import RecallSet, RecallVocab, recall_set
+from ..nn import lm
+from ..nn.titans import NeuralMemory
+from ..runs import EventFn, close_run, fit_model, no_event, open_run
+from ..runtime import CPU, Runtime, on_cpu
+from .base import Job
 
 
 def vocab_of(recipe: RecallRecipe) -> RecallVocab:
@@ -66,8 +63,6 @@ def build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) ->
 
 
 def _build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -> nn.Module:
-    from .nn import lm
-
     vocab = vocab_of(recipe).size
     if name == "sliding_attention":
         longest = (
@@ -78,7 +73,6 @@ def _build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -
         return lm.transformer_lm(
             vocab, m.d, m.layers, heads=m.heads, context=longest, window=recipe.data.window
         )
-    from .nn.titans import NeuralMemory
 
     return lm.memory_lm(vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk))
 
@@ -145,11 +139,9 @@ def run_recall(
     *,
     resume: bool = False,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Train and judge both models into ``out``; returns metrics.json's content."""
-    from .pipeline import close_run, fit_model, open_run
-
     started = time.perf_counter()
     tests = test_sets(recipe)
     runtime = open_run(
@@ -202,3 +194,11 @@ def run_recall(
         results["params"][name] = count_parameters(model)
         results["models"][name] = {"accuracy_4x": accuracy[str(4.0)], "accuracy": accuracy}
     return close_run(out, results, on_event)
+
+
+JOB = Job(
+    tasks=("recall",),
+    run=run_recall,
+    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
+    "(its fitted parameters are in metrics.json)",
+)

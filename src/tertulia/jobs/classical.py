@@ -21,45 +21,36 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from ._io import append_line, atomic_write, atomic_write_json, atomic_write_text, json_safe
-from .config import IslandRecipe, SeriesRecipe
-from .data.real import Series, load_series
-from .errors import ConfigError
-from .filters.diagnostics import residual_diagnostics
-from .filters.kalman import LinearGaussian, kalman_filter, rts_smoother
-from .filters.lti import LinearSSM
-from .runtime import on_cpu
+from .._io import json_safe
+from ..config import IslandRecipe, SeriesRecipe
+from ..data.real import Series, load_series
+from ..data.systems import island_system, simulate_island
+from ..errors import ConfigError
+from ..filters.diagnostics import residual_diagnostics
+from ..filters.kalman import LinearGaussian, kalman_filter, rts_smoother
+from ..filters.learn import fit_em, fit_local_level
+from ..filters.lti import LinearSSM
+from ..filters.subspace import n4sid
+from ..runs import Event, EventFn, close_run, no_event, open_run
+from ..runtime import on_cpu
+from .base import Job
 
-EventFn = Callable[[str, dict[str, Any]], None]
 Z90 = 1.6448536269514722  # two-sided 90 % normal quantile
 
 
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
-
-
 def _start_run(recipe: IslandRecipe | SeriesRecipe, out: Path, command: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", recipe.to_yaml())
-    if command:
-        append_line(out / "command.txt", command)
+    open_run(recipe, out, resume=False, command=command)
 
 
 def _finish_run(out: Path, metrics: dict[str, Any], examples: dict[str, torch.Tensor]) -> None:
     arrays = {k: v.detach().to(torch.float64).clone().contiguous() for k, v in examples.items()}
-    atomic_write(out / "examples.safetensors", lambda tmp: save_file(arrays, tmp))
-    atomic_write_json(out / "metrics.json", json_safe(metrics))
-    from .report import build_report  # matplotlib only when a report is made
-
-    build_report(out)
+    close_run(out, metrics, examples=arrays, announce=False)
 
 
 def _modes(A: torch.Tensor, dt: float | None) -> list[dict[str, Any]]:
@@ -159,15 +150,12 @@ def _series_data(recipe: SeriesRecipe) -> Series:
 
 
 def run_series(
-    recipe: SeriesRecipe, out: Path, *, command: str = "", on_event: EventFn = _noop
+    recipe: SeriesRecipe, out: Path, *, command: str = "", on_event: EventFn = no_event
 ) -> dict[str, Any]:
     """Fit the recipe's classical models to one real series and write the run directory."""
-    from .filters.learn import fit_em, fit_local_level
-    from .filters.subspace import n4sid
-
     series = _series_data(recipe)  # bad data fails before anything is written
     on_event(
-        "data",
+        Event.DATA,
         {
             "source": series.source,
             "sizes": {"values": len(series)},
@@ -194,7 +182,7 @@ def run_series(
     identified: LinearGaussian | None = None
 
     if m.local_level:
-        on_event("fit", {"model": "local_level"})
+        on_event(Event.FIT, {"model": "local_level"})
         fit = fit_local_level(series.y, init="diffuse", burn=1)
         model = LinearGaussian(
             A=torch.ones(1, 1, dtype=torch.float64),
@@ -216,7 +204,7 @@ def run_series(
         }
 
     if m.n4sid:
-        on_event("fit", {"model": "n4sid"})
+        on_event(Event.FIT, {"model": "n4sid"})
         if not np.isfinite(series.y).all():
             extra["n4sid_skipped"] = "N4SID needs a complete series; this one has missing values"
         else:
@@ -250,7 +238,7 @@ def run_series(
             extra["n4sid_modes"] = _modes(model.A, step)
 
     if m.em_states:
-        on_event("fit", {"model": "em"})
+        on_event(Event.FIT, {"model": "em"})
         started = time.perf_counter()
         # EM refines the N4SID model when there is one of the same order (a good start
         # matters: EM climbs to the nearest local maximum)
@@ -354,11 +342,9 @@ STATES = ("fish", "pelicans")
 
 
 def run_island(
-    recipe: IslandRecipe, out: Path, *, command: str = "", on_event: EventFn = _noop
+    recipe: IslandRecipe, out: Path, *, command: str = "", on_event: EventFn = no_event
 ) -> dict[str, Any]:
     """The seed's island: eigenvalues, LQR, and Kalman filtering from four noisy sensors."""
-    from .data.systems import island_system, simulate_island
-
     c = recipe.island
     system = island_system(process_noise=c.process_noise, sensor_noise=c.sensor_noise)
     _start_run(recipe, out, command)
@@ -380,7 +366,7 @@ def run_island(
         "sensor_noise": c.sensor_noise,
         "seed": recipe.seed,
     }
-    on_event("simulate", {"what": "no control, LQR and LQR on the Kalman estimate"})
+    on_event(Event.SIMULATE, {"what": "no control, LQR and LQR on the Kalman estimate"})
     free = simulate_island(controller=None, **sim)
     lqr_run = simulate_island(controller=control.K, **sim)
     plant = lqr_run.system  # discretised: A_d, B_d, C, Q_d (Van Loan), R
@@ -405,7 +391,7 @@ def run_island(
 
     lqg_run = simulate_island(controller=_LQG(), **sim)
 
-    on_event("fit", {"model": "Kalman filter and RTS smoother on the LQR run"})
+    on_event(Event.FIT, {"model": "Kalman filter and RTS smoother on the LQR run"})
     started = time.perf_counter()
     filt = kalman_filter(
         model, lqr_run.sensors, u=lqr_run.inputs, init_mean=prior_mean, init_cov=prior_cov
@@ -446,7 +432,7 @@ def run_island(
     }
     for mo in open_modes:
         on_event(
-            "note",
+            Event.NOTE,
             {
                 "text": f"eigenvalue of A: {mo['real']:.4f} {mo['imag']:+.4f}i ({mo['kind']}, "
                 f"period {mo['period']:.2f}, doubling time {mo['doubling_time']:.2f}); "
@@ -454,7 +440,8 @@ def run_island(
             },
         )
     lam = closed.modes()[0].eigenvalue
-    on_event("note", {"text": f"LQR closed loop: {lam.real:.4f} ± {abs(lam.imag):.4f}i (stable)"})
+    closed_loop = f"LQR closed loop: {lam.real:.4f} ± {abs(lam.imag):.4f}i (stable)"
+    on_event(Event.NOTE, {"text": closed_loop})
 
     def pack(prefix: str, mean: torch.Tensor, var: torch.Tensor) -> None:
         sd = var.clamp_min(0).sqrt()
@@ -488,7 +475,7 @@ def run_classical(
     out: Path,
     *,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Run a classical recipe (``task: island`` or ``task: series``) into ``out``.
 
@@ -507,3 +494,31 @@ def run_classical(
         if isinstance(recipe, IslandRecipe):
             return run_island(recipe, out, command=command, on_event=on_event)
         return run_series(recipe, out, command=command, on_event=on_event)
+
+
+def evaluate_classical(
+    recipe: IslandRecipe | SeriesRecipe, run_dir: Path, *, on_event: EventFn = no_event
+) -> dict[str, Any]:
+    """A classical run is simply fitted again in place (seconds)."""
+    return run_classical(recipe, run_dir, on_event=on_event)
+
+
+def _run(
+    recipe: IslandRecipe | SeriesRecipe,
+    out: Path,
+    *,
+    resume: bool = False,
+    command: str = "",
+    on_event: EventFn = no_event,
+) -> dict[str, Any]:
+    # nothing to resume: a classical fit takes seconds and is simply done again
+    return run_classical(recipe, out, command=command, on_event=on_event)
+
+
+JOB = Job(
+    tasks=("island", "series"),
+    run=_run,
+    evaluate=evaluate_classical,
+    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
+    "(its fitted parameters are in metrics.json)",
+)

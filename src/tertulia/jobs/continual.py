@@ -30,23 +30,20 @@ Legend: P regimes, R the regime-by-regime error matrix, C^(ℓ) a level's period
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .build import count_parameters
-from .config import ContinualRecipe
-from .nn.memory import ContinuumMLP
-from .runtime import CPU, Runtime, on_cpu
-from .train.tasks import Split
-
-EventFn = Callable[[str, dict[str, Any]], None]
-
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
+from ..build import count_parameters
+from ..config import ContinualRecipe
+from ..data import load_dataset
+from ..nn.memory import ContinuumMLP
+from ..optim import MultiFrequency
+from ..runs import Event, EventFn, close_run, no_event, open_run
+from ..runtime import CPU, Runtime, on_cpu
+from ..train.tasks import Split
+from .base import Job
 
 
 def load_regimes(
@@ -54,8 +51,6 @@ def load_regimes(
 ) -> list[dict[str, Split]]:
     """train / test :class:`Split` of every regime (one ν each, its own data seed), on
     ``device``."""
-    from .data import load_dataset
-
     regimes = []
     for index, nu in enumerate(recipe.nus):
         cfg = recipe.data.model_copy(update={"nu": nu, "seed": recipe.data.seed + index})
@@ -81,8 +76,6 @@ def build_models(
 ) -> dict[str, tuple[ContinuumMLP, Any]]:
     """Name → (network on ``runtime``'s device, optimiser); every network starts from the
     same weights."""
-    from .optim import MultiFrequency
-
     m, d = recipe.model, recipe.data
     inputs, outputs = d.window * d.grid, d.grid
     lr, wd = recipe.train.lr, recipe.train.weight_decay
@@ -116,7 +109,7 @@ def train_stream(
     model: ContinuumMLP,
     optimizer: Any,
     regimes: list[dict[str, Split]],
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
     runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Train ``model`` on the regimes in order (forwards under ``runtime``'s autocast); the
@@ -124,7 +117,7 @@ def train_stream(
     steps, batch = recipe.train.steps, recipe.train.batch_size
     gen = torch.Generator().manual_seed(recipe.seed + 1)  # same batches for every model
     total = steps * len(regimes)
-    on_event("train_start", {"model": name, "total": total})
+    on_event(Event.TRAIN_START, {"model": name, "total": total})
     t0 = time.perf_counter()
     R: list[list[float]] = []
     curve_steps: list[int] = []
@@ -147,7 +140,7 @@ def train_stream(
                 curve_steps.append(k)
                 curves.append([nrmse(model, r["test"], runtime) for r in regimes])
             on_event(
-                "step",
+                Event.STEP,
                 {"model": name, "step": k, "total": total, "logs": {"loss": float(loss.detach())}},
             )
         R.append([nrmse(model, r["test"], runtime) for r in regimes])
@@ -160,7 +153,7 @@ def train_stream(
         "R": R,
         "seconds": time.perf_counter() - t0,
     }
-    on_event("train_end", {"model": name, "steps": total, "seconds": result["seconds"]})
+    on_event(Event.TRAIN_END, {"model": name, "steps": total, "seconds": result["seconds"]})
     return {**result, "curve": {"steps": curve_steps, "nrmse": curves}}
 
 
@@ -170,7 +163,7 @@ def run_continual(
     *,
     resume: bool = False,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Train every model along the regime stream into ``out``; returns metrics.json's content.
 
@@ -179,8 +172,6 @@ def run_continual(
     started = time.perf_counter()
     runtime = Runtime.of(recipe)  # a device this machine lacks fails first
     regimes = load_regimes(recipe, runtime.device)  # bad data fails before anything is written
-    from .pipeline import close_run, open_run
-
     open_run(
         recipe,
         out,
@@ -221,3 +212,11 @@ def run_continual(
         results["models"][name] = res
         results["params"][name] = count_parameters(model)
     return close_run(out, results, on_event)
+
+
+JOB = Job(
+    tasks=("continual",),
+    run=run_continual,
+    nothing_to_load="is a continual run: it keeps no checkpoints (its results are in "
+    "metrics.json); rerun it with 'tertulia run {name}'",
+)

@@ -11,26 +11,28 @@ checkpoints, resume) → accuracy and cross-entropy on the test split →
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .build import count_parameters
-from .config import SequenceRecipe
-from .data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
-from .nn.seqmodel import SequenceModel
-from .pipeline import close_run, fit_model, open_run
-from .runtime import on_cpu
-from .train.tasks import ClassifyTask
-
-EventFn = Callable[[str, dict[str, Any]], None]
-
-
-def _noop(event: str, payload: dict[str, Any]) -> None:
-    pass
+from ..build import count_parameters
+from ..compress.job import compress_model
+from ..compress.targets import Target
+from ..config import SequenceRecipe
+from ..data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
+from ..errors import RunDirError
+from ..nn.hippo_memory import HippoMemory
+from ..nn.mamba import MambaBlock
+from ..nn.mlp import MLPClassifier
+from ..nn.s4d import S4D
+from ..nn.seqmodel import SequenceModel
+from ..runs import Event, EventFn, close_run, fit_model, no_event, open_run
+from ..runtime import Runtime, on_cpu
+from ..train.checkpoint import has_checkpoint, load_checkpoint
+from ..train.tasks import ClassifyTask
+from .base import Job
 
 
 def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
@@ -89,24 +91,16 @@ def _build_sequence_model(
 ) -> nn.Module:
     m = recipe.model
     if m.kind == "mlp":
-        from .nn.mlp import MLPClassifier
-
         return MLPClassifier(steps * d_in, classes, tuple(m.hidden), dropout=m.dropout)
     if m.kind == "s4d":
-        from .nn.s4d import S4D
-
         def block() -> nn.Module:
             return S4D(m.d_model, N=m.d_state, init=init, dt_min=m.dt_min, dt_max=m.dt_max)
 
     elif m.kind == "hippo":
-        from .nn.hippo_memory import HippoMemory
-
         def block() -> nn.Module:
             return HippoMemory(m.d_model, N=m.d_state, init=init)
 
     else:
-        from .nn.mamba import MambaBlock
-
         def block() -> nn.Module:
             return MambaBlock(m.d_model, d_state=m.d_state, dt_min=m.dt_min, dt_max=m.dt_max)
 
@@ -137,6 +131,23 @@ def model_inits(recipe: SequenceRecipe) -> dict[str, str]:
     return inits
 
 
+def sequence_target(
+    name: str, model: nn.Module, splits: dict[str, Any], recipe: SequenceRecipe, index: int
+) -> Target:
+    """A sequence classifier of a run (its ``index``-th model) as a compression target."""
+    batch, runtime = recipe.train.batch_size, Runtime.of(recipe)
+    return Target(
+        name=name,
+        model=model,
+        make_task=lambda m: ClassifyTask(m, splits, batch_size=batch, runtime=runtime),
+        judge=lambda m: ClassifyTask(m, splits, batch_size=batch, runtime=runtime).scores("test"),
+        metric="accuracy",
+        higher_is_better=True,
+        train=recipe.train,
+        seed=recipe.seed + 1000 + index,
+    )
+
+
 def compress_own(
     recipe: SequenceRecipe,
     name: str,
@@ -145,7 +156,7 @@ def compress_own(
     index: int,
     dense_metrics: dict[str, Any],
     out: Path,
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Prune a copy of a trained model to each of ``recipe.compress.sparsities``.
 
@@ -154,15 +165,12 @@ def compress_own(
     its row holds the test accuracy of the weights loaded back, the bytes on
     disk and their ratio to the dense safetensors file.
     """
-    from .compress.job import compress_model
-    from .compress.targets import sequence_target
-
     c = recipe.compress
     target = sequence_target(name, model, splits, recipe, index)
     rows, dense, histogram = [], None, None
     for sparsity in c.sparsities:
         label = f"{name} {sparsity:.0%} pruned"
-        on_event("train_start", {"model": label, "total": max(c.finetune_steps, 1)})
+        on_event(Event.TRAIN_START, {"model": label, "total": max(c.finetune_steps, 1)})
         res = compress_model(
             target,
             out / "checkpoint" / "compressed",
@@ -210,7 +218,7 @@ def run_sequence(
     *,
     resume: bool = False,
     command: str = "",
-    on_event: EventFn = _noop,
+    on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Train and judge the recipe's models into ``out``; returns metrics.json's content."""
     started = time.perf_counter()
@@ -271,3 +279,42 @@ def run_sequence(
                 recipe, name, model, splits, index, results["models"][name], out, on_event
             )
     return close_run(out, results, on_event)
+
+
+def _ema_weights(folder: Path, run_dir: Path, name: str, hint: str) -> dict[str, Any]:
+    if not has_checkpoint(folder):
+        raise RunDirError(f"{run_dir} has no checkpoint for {name}; {hint}")
+    groups, _ = load_checkpoint(folder)
+    return groups.get("ema", groups["model"])
+
+
+def sequence_targets(recipe: SequenceRecipe, run_dir: Path) -> list[Target]:
+    """Every trained classifier of the run (EMA weights), judged by test accuracy."""
+    splits = load_splits(recipe)
+    train = splits["train"]
+    d_in, classes = int(train.x.shape[-1]), train.classes
+    targets = []
+    for index, (name, init) in enumerate(model_inits(recipe).items()):
+        model = build_sequence_model(recipe, d_in, classes, init, steps=int(train.x.shape[1]))
+        hint = f"finish it with 'tertulia run {recipe.name} --resume {run_dir}'"
+        model.load_state_dict(_ema_weights(run_dir / "checkpoint" / name, run_dir, name, hint))
+        model.eval()
+        targets.append(sequence_target(name, model, splits, recipe, index))
+    return targets
+
+
+def evaluate_sequence(
+    recipe: SequenceRecipe, run_dir: Path, *, on_event: EventFn = no_event
+) -> dict[str, Any]:
+    """Re-score a run: resuming a finished run only judges it again."""
+    return run_sequence(recipe, run_dir, resume=True, on_event=on_event)
+
+
+JOB = Job(
+    tasks=("sequence",),
+    run=run_sequence,
+    evaluate=evaluate_sequence,
+    targets=sequence_targets,
+    nothing_to_load="is a sequence run: load its models with "
+    "tertulia.jobs.sequence.build_sequence_model and its checkpoint/ folders",
+)
