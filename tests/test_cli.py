@@ -156,7 +156,7 @@ def _bad_data_file(tmp_path, kind):
                 "--set",
                 "model.graph.edges=[[0, 4]]",
             ],
-            "naming cell 4",
+            "names cell 4",
         ),
         (["run", "--resume", "{tmp}"], "not a run directory"),
         (["eval", "{tmp}/nowhere"], "does not exist"),

@@ -19,9 +19,7 @@ dispatches on ``task`` and validates. This module re-exports their public names.
 """
 
 from ..errors import ConfigError as ConfigError
-from .base import BlocksConfig as BlocksConfig
 from .base import DataConfig as DataConfig
-from .base import DEQConfig as DEQConfig
 from .base import InitialConditionConfig as InitialConditionConfig
 from .base import NoiseConfig as NoiseConfig
 from .base import OptimizerConfig as OptimizerConfig
@@ -29,6 +27,7 @@ from .base import RecipeBase as RecipeBase
 from .base import RuntimeConfig as RuntimeConfig
 from .base import Section as Section
 from .base import TrainConfig as TrainConfig
+from .base import TrainLoopConfig as TrainLoopConfig
 from .classical import IslandConfig as IslandConfig
 from .classical import IslandRecipe as IslandRecipe
 from .classical import LQRConfig as LQRConfig
@@ -39,7 +38,10 @@ from .continual import ContinualModelConfig as ContinualModelConfig
 from .continual import ContinualRecipe as ContinualRecipe
 from .forecast import AdversarialConfig as AdversarialConfig
 from .forecast import BaselinesConfig as BaselinesConfig
+from .forecast import BlocksConfig as BlocksConfig
+from .forecast import DEQConfig as DEQConfig
 from .forecast import EvalConfig as EvalConfig
+from .forecast import ForecastTrainConfig as ForecastTrainConfig
 from .forecast import GraphConfig as GraphConfig
 from .forecast import ModelConfig as ModelConfig
 from .forecast import OODConfig as OODConfig

@@ -3,27 +3,48 @@
 :class:`Section` is the base of every section (unknown keys are rejected, assignments
 validated); :class:`RecipeBase` the base of every recipe (a ``runtime`` section,
 ``with_runtime`` and ``to_yaml``). The sections used by several jobs live here too:
-the PDE data (``forecast`` and ``continual``), the training loop with its DEQ, block
-and optimiser sub-sections (every neural job) and the runtime (every recipe). So do the
-messages of unknown keys and validation errors, which :class:`RecipeBase` needs as well
-as :mod:`tertulia.config.load`.
+the PDE data (``forecast`` and ``continual``), the training sections (every neural job)
+and the runtime (every recipe). So do the messages of unknown keys and validation
+errors, which :class:`RecipeBase` needs as well as :mod:`tertulia.config.load`.
+
+A job's train section holds only the keys that job reads: :class:`TrainLoopConfig`
+(any training loop: ``continual``) ⊂ :class:`TrainConfig` (the shared trainer:
+``sequence``, ``lm``, ``recall``, ``velora``) ⊂ ``ForecastTrainConfig`` (the orchestra's
+keys, in :mod:`tertulia.config.forecast`).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from ..errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are rejected, assignments are validated."""
+    """Base of every section: unknown keys are rejected, assignments are validated, types
+    are strict.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Strict: a bool is not a number, a string is not a number (``d: "8"``) and a number is
+    not a string (``name: 2024``); a whole number is a valid float (``lr: 1``) but a float
+    is not a valid integer (``d: 8.0``), so a value is never silently converted. YAML
+    floats in exponent form without a dot (``1e-3``) are floats: recipes are read with
+    :class:`~tertulia.config.load.RecipeLoader`.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 # ------------------------------------------------------------------------ data
@@ -72,33 +93,39 @@ class DataConfig(Section):
 
 # ----------------------------------------------------------------------- train
 
-
-class DEQConfig(Section):
-    """Backward pass of ``train.mode=deq``."""
-
-    backward: Literal["implicit", "phantom"] = Field(
-        "implicit",
-        description="implicit: solve g = Jᵀg + ∂L/∂S*; phantom: k damped rounds from S*",
-    )
-    solver: Literal["picard", "anderson", "broyden"] = Field(
-        "anderson", description="solver of the adjoint fixed point"
-    )
-    tol: float = Field(1e-4, gt=0, description="relative residual of the adjoint solve")
-    max_iter: int = Field(30, ge=1)
-    phantom_steps: int = Field(5, ge=1, description="k rounds of the phantom gradient")
-    phantom_damping: float = Field(0.5, gt=0, le=1, description="λ of the phantom rounds")
-
-
-class BlocksConfig(Section):
-    """Block training (seed §4.3): only some cells learn at each step."""
-
-    kind: Literal["none", "round_robin", "custom"] = "none"
-    size: int = Field(1, ge=1, description="cells per round-robin block")
-    every: int = Field(100, ge=1, description="steps before the next block takes over")
-    schedule: list[list[int]] = Field(
-        default_factory=list, description="kind=custom: the blocks in order, e.g. [[0, 1], [2, 3]]"
-    )
-    shared: bool = Field(True, description="train the shared (non-per-cell) parameters always")
+# The order of the train keys in a resolved recipe, whichever train class holds them: the
+# order of the single train section that every job shared before the split, so that a
+# forecasting run's config.yaml diffs cleanly against older runs, and every job's train
+# section lists its keys in the same order. Keys missing here come last.
+TRAIN_KEY_ORDER = (
+    "mode",
+    "grad_rounds",
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "min_lr_ratio",
+    "clip",
+    "ema",
+    "loss",
+    "beta",
+    "consistency",
+    "state_norm",
+    "cell_weights",
+    "checkpoint_every",
+    "log_every",
+    "nan_patience",
+    "threads",
+    "deq",
+    "blocks",
+    "jac_reg",
+    "jac_reg_every",
+    "jac_reg_samples",
+    "rho_every",
+    "optimizer",
+)
+_TRAIN_RANK = {key: rank for rank, key in enumerate(TRAIN_KEY_ORDER)}
 
 
 class OptimizerConfig(Section):
@@ -112,36 +139,41 @@ class OptimizerConfig(Section):
     newton_schulz: int = Field(0, ge=0, description="dmgd: Newton–Schulz steps on 2-D updates")
 
 
-class TrainConfig(Section):
-    mode: Literal["bptt", "truncated", "deq"] = Field(
-        "bptt",
-        description="bptt: gradient through every round; truncated: last grad_rounds; "
-        "deq: solve to the fixed point, differentiate implicitly",
-    )
-    grad_rounds: int = Field(2, ge=1, description="rounds with gradient in truncated mode")
+class TrainLoopConfig(Section):
+    """What every training loop reads: steps, batch size, AdamW's rate and decay, clipping,
+    CPU threads. The ``continual`` job's own loop reads these and nothing else.
+
+    Each job's train section is this class or one of its subclasses, holding exactly the
+    keys that job reads, so that a key which would do nothing is an unknown key.
+    """
+
     steps: int = Field(5000, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    clip: float = Field(1.0, gt=0, description="gradient-norm clipping")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+    @model_serializer(mode="wrap")
+    def _in_key_order(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return dict(sorted(data.items(), key=lambda kv: _TRAIN_RANK.get(kv[0], len(_TRAIN_RANK))))
+
+
+class TrainConfig(TrainLoopConfig):
+    """What the shared trainer (:class:`tertulia.train.Trainer`) reads: the loop's keys plus
+    the schedule, EMA, checkpoints, logging, the NaN guard and the optimiser.
+
+    The train section of the ``sequence``, ``lm``, ``recall`` and ``velora`` jobs; the
+    forecasting job adds the orchestra's keys (:class:`~tertulia.config.ForecastTrainConfig`).
+    """
+
     warmup: int = Field(100, ge=0, description="linear warm-up steps before cosine decay")
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
-    clip: float = Field(1.0, gt=0, description="gradient-norm clipping")
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of weights (0: off)")
-    loss: Literal["nll", "beta_nll"] = "nll"
-    beta: float = Field(0.5, ge=0, le=1, description="β of β-NLL")
-    consistency: float = Field(0.1, ge=0, description="γ: weight of neighbour agreement")
-    state_norm: float = Field(0.0, ge=0, description="weight of the mean squared state norm")
-    cell_weights: list[float] | None = Field(None, description="λ_i per cell (default all 1)")
     checkpoint_every: int = Field(200, ge=1)
     log_every: int = Field(20, ge=1)
     nan_patience: int = Field(20, ge=1, description="consecutive non-finite steps before stopping")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
-    deq: DEQConfig = DEQConfig()
-    blocks: BlocksConfig = BlocksConfig()
-    jac_reg: float = Field(0.0, ge=0, description="weight of the Jacobian Frobenius penalty")
-    jac_reg_every: int = Field(1, ge=1, description="apply the Jacobian penalty every k steps")
-    jac_reg_samples: int = Field(1, ge=1, description="Hutchinson probe vectors")
-    rho_every: int = Field(0, ge=0, description="log the contraction factor ρ every k steps")
     optimizer: OptimizerConfig = OptimizerConfig()
 
 
@@ -216,22 +248,50 @@ def unknown_key_message(path: str, key: str, cls: type[BaseModel]) -> str:
     return f"unknown key {path!r}: {hint}valid keys here: {', '.join(valid)}"
 
 
-def format_validation_error(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    root: type[BaseModel],
+    *,
+    unknown: Callable[[str, str, type[BaseModel]], str] = unknown_key_message,
+) -> str:
+    """One line for the first error of ``exc`` (validating a ``root`` from ``source``).
+
+    ``unknown(path, key, section_class)`` words an unknown key; a value of the wrong
+    type gets a hint on how to write it (strict types: :class:`Section`).
+    """
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     path = ".".join(loc) or "(recipe)"
+    at = f"{path}: " if loc else ""  # a whole-recipe check names its keys itself
     if err["type"] == "extra_forbidden":
         cls: type[BaseModel] | None = root
         for part in loc[:-1]:
             cls = section_class(cls, part) if cls and part in cls.model_fields else None
         if cls is not None:
-            msg = unknown_key_message(path, loc[-1], cls)
+            msg = unknown(path, loc[-1], cls)
         else:
             msg = f"unknown key {path!r}"
     else:
         given = err.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        msg = f"{path}: {err['msg'].removeprefix('Value error, ')}{shown}"
+        msg = f"{at}{err['msg'].removeprefix('Value error, ')}{shown}{_type_hint(err)}"
     more = len(exc.errors()) - 1
     tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {msg}{tail}"
+
+
+def _type_hint(err: Any) -> str:
+    """How to write a value that strict types refused, or ``""``."""
+    kind, given = err["type"], err.get("input")
+    if kind not in ("int_type", "float_type", "string_type"):
+        return ""
+    if isinstance(given, bool):
+        return "; true/false is not a number" if kind != "string_type" else "; quote it"
+    if kind == "int_type" and isinstance(given, float):
+        return "; an integer is written without a decimal point"
+    if kind != "string_type" and isinstance(given, str):
+        return "; write the number without quotes"
+    if kind == "string_type" and isinstance(given, int | float):
+        return f"; quote it to make it text: '{given}'"
+    return ""

@@ -1,7 +1,9 @@
 """The ``continual`` job's recipe: a stream of PDE regimes, a plain MLP vs CMS (nested learning).
 
 :class:`ContinualRecipe` and its model section; its PDE ``data`` section is the
-forecasting job's :class:`~tertulia.config.base.DataConfig`.
+forecasting job's :class:`~tertulia.config.base.DataConfig` (always generated) and its
+``train`` section the plain :class:`~tertulia.config.base.TrainLoopConfig`: the job runs
+its own loop (:func:`tertulia.jobs.continual.train_stream`), not the shared trainer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import DataConfig, RecipeBase, Section, TrainConfig
+from .base import DataConfig, RecipeBase, Section, TrainLoopConfig
 
 
 class ContinualModelConfig(Section):
@@ -44,7 +46,10 @@ class ContinualRecipe(RecipeBase):
         description="one regime per value of data.nu, trained in this order",
     )
     model: ContinualModelConfig = ContinualModelConfig()
-    train: TrainConfig = TrainConfig(steps=1000, batch_size=64, lr=1e-3, warmup=0)
+    train: TrainLoopConfig = Field(
+        TrainLoopConfig(steps=1000, batch_size=64, lr=1e-3),
+        description="the job's own loop: no schedule, EMA, checkpoints or optimiser choice",
+    )
     eval_every: int = Field(100, ge=1, description="steps between evaluations on every regime")
     slow_control: bool = Field(
         True,
@@ -57,4 +62,9 @@ class ContinualRecipe(RecipeBase):
             raise ValueError(f"nus={self.nus}: forgetting needs at least two regimes")
         if min(self.nus) <= 0:
             raise ValueError(f"nus={self.nus}: every viscosity must be > 0")
+        if self.data.path is not None:
+            raise ValueError(
+                f"data.path={self.data.path!r} does not apply to continual recipes: every "
+                "regime is generated with its own viscosity from nus; drop data.path"
+            )
         return self

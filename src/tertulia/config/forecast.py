@@ -1,18 +1,25 @@
 """The ``forecast`` job's recipe: an orchestra and its baselines on PDE trajectories.
 
-:class:`Recipe` and its sections: model (graph, forward solver), baselines and eval (OOD
-test sets, adversarial attacks). Its ``data`` (:class:`~tertulia.config.base.DataConfig`)
-and ``train`` (:class:`~tertulia.config.base.TrainConfig`) sections are shared with other
-jobs and live in :mod:`tertulia.config.base`.
+:class:`Recipe` and its sections: model (graph, forward solver), baselines, train (the
+shared trainer's keys plus the orchestra's: :class:`ForecastTrainConfig`, with its DEQ
+and block sub-sections) and eval (OOD test sets, adversarial attacks). Its ``data``
+section (:class:`~tertulia.config.base.DataConfig`) is shared with ``continual`` and
+lives in :mod:`tertulia.config.base`. The layout checks (grid split, halo, graph
+edges) live in :mod:`tertulia.layout`, shared with :mod:`tertulia.nn`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, Strict, StrictInt, model_validator
 
+from ..errors import ConfigError
+from ..layout import check_edges, patch_size
 from .base import DataConfig, RecipeBase, Section, TrainConfig
+
+# a (source, target) pair: a YAML list of two integers (lax: a list is a valid tuple)
+Edge = Annotated[tuple[StrictInt, StrictInt], Strict(False)]
 
 # ----------------------------------------------------------------------- model
 
@@ -21,7 +28,7 @@ class GraphConfig(Section):
     """Who talks to whom. ``kind`` builds the edges; ``edges`` lists them for ``explicit``."""
 
     kind: Literal["ring", "chain", "full", "explicit"] = "ring"
-    edges: list[tuple[int, int]] = Field(
+    edges: list[Edge] = Field(
         default_factory=list, description="directed (source, target) pairs for kind=explicit"
     )
     coordinator: bool = Field(False, description="add a coordinating cell linked to all cells")
@@ -94,6 +101,63 @@ class BaselinesConfig(Section):
     )
 
 
+# ----------------------------------------------------------------------- train
+
+
+class DEQConfig(Section):
+    """Backward pass of ``train.mode=deq``."""
+
+    backward: Literal["implicit", "phantom"] = Field(
+        "implicit",
+        description="implicit: solve g = Jᵀg + ∂L/∂S*; phantom: k damped rounds from S*",
+    )
+    solver: Literal["picard", "anderson", "broyden"] = Field(
+        "anderson", description="solver of the adjoint fixed point"
+    )
+    tol: float = Field(1e-4, gt=0, description="relative residual of the adjoint solve")
+    max_iter: int = Field(30, ge=1)
+    phantom_steps: int = Field(5, ge=1, description="k rounds of the phantom gradient")
+    phantom_damping: float = Field(0.5, gt=0, le=1, description="λ of the phantom rounds")
+
+
+class BlocksConfig(Section):
+    """Block training (seed §4.3): only some cells learn at each step."""
+
+    kind: Literal["none", "round_robin", "custom"] = "none"
+    size: int = Field(1, ge=1, description="cells per round-robin block")
+    every: int = Field(100, ge=1, description="steps before the next block takes over")
+    schedule: list[list[int]] = Field(
+        default_factory=list, description="kind=custom: the blocks in order, e.g. [[0, 1], [2, 3]]"
+    )
+    shared: bool = Field(True, description="train the shared (non-per-cell) parameters always")
+
+
+class ForecastTrainConfig(TrainConfig):
+    """The forecasting job's training: the shared trainer's keys plus the orchestra's
+    (gradient mode, loss, consistency and state penalties, per-cell weights, DEQ backward,
+    block training, Jacobian penalty, ρ logging), read by ``tertulia.build`` and
+    ``tertulia.train.ForecastTask``. Its YAML keeps the historical key order
+    (:data:`~tertulia.config.base.TRAIN_KEY_ORDER`)."""
+
+    mode: Literal["bptt", "truncated", "deq"] = Field(
+        "bptt",
+        description="bptt: gradient through every round; truncated: last grad_rounds; "
+        "deq: solve to the fixed point, differentiate implicitly",
+    )
+    grad_rounds: int = Field(2, ge=1, description="rounds with gradient in truncated mode")
+    loss: Literal["nll", "beta_nll"] = "nll"
+    beta: float = Field(0.5, ge=0, le=1, description="β of β-NLL")
+    consistency: float = Field(0.1, ge=0, description="γ: weight of neighbour agreement")
+    state_norm: float = Field(0.0, ge=0, description="weight of the mean squared state norm")
+    cell_weights: list[float] | None = Field(None, description="λ_i per cell (default all 1)")
+    deq: DEQConfig = DEQConfig()
+    blocks: BlocksConfig = BlocksConfig()
+    jac_reg: float = Field(0.0, ge=0, description="weight of the Jacobian Frobenius penalty")
+    jac_reg_every: int = Field(1, ge=1, description="apply the Jacobian penalty every k steps")
+    jac_reg_samples: int = Field(1, ge=1, description="Hutchinson probe vectors")
+    rho_every: int = Field(0, ge=0, description="log the contraction factor ρ every k steps")
+
+
 # ------------------------------------------------------------------------ eval
 
 
@@ -142,35 +206,32 @@ class Recipe(RecipeBase):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     baselines: BaselinesConfig = BaselinesConfig()
-    train: TrainConfig = TrainConfig()
+    train: ForecastTrainConfig = ForecastTrainConfig()
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _check_layout(self) -> Recipe:
-        d, m = self.data, self.model
-        if d.path is None and d.grid % m.cells != 0:
-            raise ValueError(
-                f"data.grid={d.grid} is not divisible by model.cells={m.cells}; "
-                f"allowed cell counts divide the grid: {_divisors(d.grid)}"
-            )
-        if m.halo * 2 > d.grid // m.cells:
-            raise ValueError(f"model.halo={m.halo} is larger than half a patch")
+        d, m, t = self.data, self.model, self.train
+        g = m.graph
+        try:
+            # data.grid is the grid of a data file too (the forecasting job checks they agree)
+            patch_size(d.grid, m.cells, m.halo, names=("data.grid", "model.cells", "model.halo"))
+            check_edges(g.kind, g.edges, m.cells, coordinator=g.coordinator, where="model.graph")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         if d.frames < d.window + 2:
             raise ValueError(
                 f"data.frames={d.frames} must be at least data.window+2={d.window + 2}"
             )
-        if self.train.cell_weights is not None and len(self.train.cell_weights) != m.cells:
+        if t.cell_weights is not None and len(t.cell_weights) != m.cells:
             raise ValueError(
-                f"train.cell_weights has {len(self.train.cell_weights)} entries; "
+                f"train.cell_weights has {len(t.cell_weights)} entries; "
                 f"model.cells={m.cells} needs one per cell"
             )
-        if self.train.mode == "truncated" and self.train.grad_rounds > m.rounds:
-            raise ValueError(
-                f"train.grad_rounds={self.train.grad_rounds} exceeds model.rounds={m.rounds}"
-            )
-        g = m.graph
+        if t.mode == "truncated" and t.grad_rounds > m.rounds:
+            raise ValueError(f"train.grad_rounds={t.grad_rounds} exceeds model.rounds={m.rounds}")
         n_nodes = m.cells + int(g.coordinator)
-        blocks = self.train.blocks
+        blocks = t.blocks
         if blocks.kind == "custom":
             if not blocks.schedule or not all(blocks.schedule):
                 raise ValueError(
@@ -198,17 +259,4 @@ class Recipe(RecipeBase):
                 f"model.ssm_state={m.ssm_state} is odd; the SSM cell stores N/2 complex modes "
                 "and their conjugates, so model.ssm_state must be even"
             )
-        if g.kind == "explicit" and not g.edges:
-            raise ValueError("model.graph.kind=explicit needs model.graph.edges, e.g. [[0, 1]]")
-        for s, t in g.edges:
-            for v in (s, t):
-                if not 0 <= v < n_nodes:
-                    raise ValueError(
-                        f"model.graph.edges has edge ({s}, {t}) naming cell {v}; "
-                        f"cells are 0..{n_nodes - 1}"
-                    )
         return self
-
-
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0 and k <= 64]

@@ -31,6 +31,8 @@ def pydoc_text() -> str:
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file (DataError if missing, unreadable or empty)."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"text file {p} is a folder; give a UTF-8 text file")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -480,6 +480,11 @@ def load_file(path: str | Path, cfg: DataConfig) -> dict[str, Trajectories]:
     test; trajectories beyond their sum are unused.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"data file {str(path)!r} is a folder; give a {' or '.join(FILE_SUFFIXES)} file "
+            "holding an array 'y' of shape (trajectories, frames, grid)"
+        )
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} does not exist")
     if path.suffix not in FILE_SUFFIXES:

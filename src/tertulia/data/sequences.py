@@ -139,7 +139,8 @@ def read_mnist_idx(
     """
     d = Path(directory)
     if not d.is_dir():
-        raise DataError(f"MNIST directory {d} does not exist")
+        problem = "is a file, not a folder of IDX files" if d.exists() else "does not exist"
+        raise DataError(f"MNIST directory {d} {problem}")
     images = _read_idx(_find(d, f"{prefix}-images-idx3-ubyte"))
     labels = _read_idx(_find(d, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -166,7 +167,8 @@ def read_mnist_dir(directory: str | Path, *, as_rows: bool = True) -> dict[str, 
     """
     d = Path(directory)
     if not d.is_dir():
-        raise DataError(f"MNIST directory {d} does not exist")
+        problem = "is a file, not a folder of IDX files" if d.exists() else "does not exist"
+        raise DataError(f"MNIST directory {d} {problem}")
     has_train = any((d / f"train-images-idx3-ubyte{s}").is_file() for s in ("", ".gz"))
     if not has_train:
         return read_mnist_idx(d, as_rows=as_rows)

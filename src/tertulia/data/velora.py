@@ -1350,6 +1350,11 @@ def read_language_csv(path: str | Path) -> list[LanguageRow]:
 def read_datasets(directory: str | Path) -> VeloraData:
     """Read ``math_dataset.csv`` and ``language_dataset.csv`` (both with a ``split`` column)."""
     d = Path(directory)
+    if d.is_file():
+        raise DataError(
+            f"data.path {str(d)!r} is a file; give the folder holding {MATH_FILE} and "
+            f"{LANGUAGE_FILE}"
+        )
     math_rows = read_math_csv(d / MATH_FILE)
     lang_rows = read_language_csv(d / LANGUAGE_FILE)
     for name, rows in ((MATH_FILE, math_rows), (LANGUAGE_FILE, lang_rows)):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from ..layout import check_edges
 
 KINDS = ("ring", "chain", "full", "explicit")
 
@@ -38,10 +39,6 @@ class Graph:
     def updating_cells(self) -> int:
         """Nodes updated by a cell MLP: the cells and the coordinator."""
         return self.cells + int(self.coordinator)
-
-    @property
-    def slot_indices(self) -> range:
-        return range(self.updating_cells, self.nodes)
 
     def adjacency(self) -> torch.Tensor:
         """Receive matrix ``A[i, j] = True`` when j sends to i, shape (N, N)."""
@@ -67,7 +64,8 @@ def make_graph(
         raise ConfigError(f"graph kind {kind!r} is not one of: {', '.join(KINDS)}")
     if cells < 1:
         raise ConfigError(f"a graph needs at least one cell, got cells={cells}")
-    es: set[tuple[int, int]] = set()
+    # explicit: the listed edges, checked where the recipe checks them; other kinds build theirs
+    es: set[tuple[int, int]] = set(check_edges(kind, edges, cells, coordinator=coordinator))
     if kind == "ring":
         for i in range(cells):
             for j in ((i - 1) % cells, (i + 1) % cells):
@@ -78,20 +76,6 @@ def make_graph(
             es.update({(i, i + 1), (i + 1, i)})
     elif kind == "full":
         es.update((j, i) for i in range(cells) for j in range(cells) if i != j)
-    else:
-        user = [tuple(int(v) for v in e) for e in edges]
-        if not user:
-            raise ConfigError("graph kind 'explicit' needs a non-empty edge list, e.g. [[0, 1]]")
-        n_base = cells + int(coordinator)
-        for e in user:
-            if len(e) != 2:
-                raise ConfigError(f"graph edge {e} must be a (source, target) pair")
-            for v in e:
-                if not 0 <= v < n_base:
-                    raise ConfigError(f"graph edge {e} names cell {v}; cells are 0..{n_base - 1}")
-            if e[0] == e[1]:
-                raise ConfigError(f"graph edge {e} is a self-loop; a cell keeps its own state")
-        es.update(user)  # type: ignore[arg-type]
     if coordinator:
         c = cells
         es.update((i, c) for i in range(cells))

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..layout import patch_size
 from ..solvers import Equilibrium, SolverTrace, Unrolled
 from .cells import CellBank
 from .graph import Graph
@@ -108,12 +109,12 @@ class Orchestra(nn.Module):
         """Build the cells, the messenger and the heads.
 
         Args:
-            grid: points G of the field; the graph's ``cells`` must divide it.
+            grid: points G of the field; the graph's ``cells`` must divide it (else ConfigError).
             window: past frames w each cell sees.
             graph: who talks to whom (:func:`tertulia.nn.make_graph`).
             d, d_msg, d_key: state, message and attention-key sizes.
             hidden_mult: cell MLP width as a multiple of ``d``.
-            halo: points each cell also predicts past each patch edge (for R).
+            halo: points each cell also predicts past each patch edge (for R), ≤ P / 2.
             schedule: ``"sync"`` (Jacobi) or ``"async"`` (Gauss–Seidel).
             order: async update order, ``"fixed"`` or ``"random"`` (torch RNG).
             kernel: ``"batched"`` stacked kernel or the per-cell ``"loop"`` reference.
@@ -130,8 +131,7 @@ class Orchestra(nn.Module):
         """
         super().__init__()
         n = graph.cells
-        if grid % n:
-            raise ValueError(f"grid={grid} is not divisible by cells={n}")
+        patch = patch_size(grid, n, halo)  # ConfigError unless n divides G and 2h ≤ P
         if schedule not in ("sync", "async"):
             raise ValueError(f"schedule must be 'sync' or 'async', got {schedule!r}")
         if order not in ("fixed", "random"):
@@ -141,9 +141,7 @@ class Orchestra(nn.Module):
         if cell not in ("trm", "kalman", "ssm"):
             raise ValueError(f"cell must be 'trm', 'kalman' or 'ssm', got {cell!r}")
         self.graph, self.grid, self.window = graph, grid, window
-        self.cells, self.patch, self.halo = n, grid // n, halo
-        if 2 * halo > self.patch:
-            raise ValueError(f"halo={halo} is larger than half a patch ({self.patch} points)")
+        self.cells, self.patch, self.halo = n, patch, halo
         self.schedule, self.order, self.kernel, self.cell = schedule, order, kernel, cell
         self.solver = solver if solver is not None else Unrolled(6)
         self.d_msg = d_msg
@@ -335,6 +333,3 @@ class Orchestra(nn.Module):
                     )
                 out.append((p, rows))
         return out
-
-    def messages_per_round(self) -> int:
-        return len(self.graph) * self.d_msg
