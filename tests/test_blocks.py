@@ -7,7 +7,7 @@ import torch
 
 from tertulia import build
 from tertulia.config import BlocksConfig, load_recipe
-from tertulia.train.blocks import BlockFreezer, BlockSchedule
+from tertulia.train.blocks import BlockFreezer, BlockPlan, BlockSchedule, CellLayout
 
 TINY = [
     "model.cells=4",
@@ -268,3 +268,35 @@ def test_train_shared_false_without_mask_grads():
     freezer.step(0)
     assert all(torch.equal(p, b) for p, b in zip(shared, before, strict=True))
     assert all(p.grad is not None for p in shared)  # handed back after the step
+
+
+def test_a_plan_over_a_cell_layout_freezes_like_the_model_itself():
+    """The trainer's route (task → BlockPlan → from_plan) equals a freezer on the model."""
+    cfg = BlocksConfig(kind="round_robin", size=2, every=2, shared=False)
+    results = []
+    for via_plan in (False, True):
+        torch.manual_seed(0)
+        recipe, model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        if via_plan:
+            cells = CellLayout.of(
+                model, nodes=model.graph.nodes, per_cell=model.per_cell_parameters()
+            )
+            plan = BlockPlan.from_config(cells, cfg)
+            assert plan is not None and plan.schedule.blocks[0] == [0, 1]
+            freezer = BlockFreezer.from_plan(plan, opt)
+        else:
+            schedule = BlockSchedule.from_config(cfg, model.graph.nodes)
+            freezer = BlockFreezer(model, opt, schedule, train_shared=False)
+        torch.manual_seed(1)
+        _run(model, recipe, freezer, opt, 4)
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+
+
+def test_no_plan_for_kind_none():
+    recipe, model = _model()
+    cells = CellLayout.of(model, nodes=model.graph.nodes, per_cell=model.per_cell_parameters())
+    assert BlockPlan.from_config(cells, BlocksConfig()) is None
+    assert cells.per_cell_parameters() == [(p, r) for p, r in model.per_cell_parameters()]
+    assert list(cells.parameters()) == list(model.parameters())

@@ -11,6 +11,7 @@ from tertulia.jobs.sequence import build_sequence_model
 from tertulia.nn.hippo import hippo_legs, legs_transitions, random_memory_matrix
 from tertulia.nn.hippo_memory import HippoMemory
 from tertulia.nn.seqmodel import SequenceModel
+from tertulia.train.groups import declared_settings
 
 
 @pytest.fixture(autouse=True)
@@ -163,6 +164,6 @@ def test_config_rejects_non_hippo_inits_and_recipe_builds():
     assert isinstance(model, SequenceModel)
     layers = [mod for mod in model.modules() if isinstance(mod, HippoMemory)]
     assert len(layers) == m.layers and all(la.init == "random" and la.N == 64 for la in layers)
-    assert not any(getattr(p, "_optim", None) for p in model.parameters())
+    assert declared_settings(model) == {}  # fixed dynamics: no SSM learning rate
     out = model(torch.randn(2, 12, 9))
     assert out.shape == (2, 8)

@@ -15,6 +15,7 @@ from tertulia.data.chars import char_corpus, pydoc_text, read_text
 from tertulia.errors import DataError
 from tertulia.jobs.lm import LMTask
 from tertulia.nn.lm import band_mask, mamba_lm, transformer_lm
+from tertulia.train.groups import declared_settings
 
 
 def test_pydoc_corpus_is_shipped_and_split_at_its_tail():
@@ -93,7 +94,9 @@ def test_hope_levels_carry_their_update_period():
     from tertulia.jobs.lm import build_lm
 
     model = build_lm("hope", LMModelConfig(d=8, layers=2, periods=[1, 4]), 11, 16)
-    slow = [p for p in model.parameters() if getattr(p, "_optim", {}).get("period") == 4]
+    declared = declared_settings(model)
+    assert set(declared.values()) == {(("period", 4),)}  # period-1 levels declare nothing
+    slow = [p for p in model.parameters() if id(p) in declared]
     per_level = sum(p.numel() for p in model.blocks[0].levels[1].parameters())
     assert sum(p.numel() for p in slow) == 2 * per_level  # level 2 of both blocks
     assert model(torch.randint(11, (2, 9))).shape == (2, 9, 11)

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from tertulia.cli import app
 from tertulia.config import ConfigError, load_recipe
 from tertulia.jobs.sequence import build_sequence_model, load_splits
+from tertulia.train.groups import parameter_groups
 
 from .test_data_sequences import MNIST
 
@@ -65,9 +66,10 @@ def test_ssm_parameters_get_their_own_learning_rate():
     recipe = load_recipe("seq-digits", ["model.ssm_lr=1e-4", *TINY])
     splits = load_splits(recipe)
     model = build_sequence_model(recipe, 1, 10, "legs")
-    tagged = [p for p in model.parameters() if getattr(p, "_optim", None)]
-    assert len(tagged) == 3  # log_dt, log(−Re Λ), Im Λ of the one layer
-    assert all(p._optim == {"weight_decay": 0.0, "lr": 1e-4} for p in tagged)
+    groups = parameter_groups(model, 0.01)
+    own = [g for g in groups if g.get("lr") == 1e-4]
+    assert len(own) == 1 and own[0]["weight_decay"] == 0.0
+    assert len(own[0]["params"]) == 3  # log_dt, log(−Re Λ), Im Λ of the one layer
     assert splits["val"].x.shape[1:] == (64, 1)
 
 

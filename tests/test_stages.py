@@ -9,9 +9,10 @@ from torch import nn
 from tertulia.config import TrainConfig
 from tertulia.train import Trainer, learning_rate
 from tertulia.train.stages import LayerGroup, freeze, staged_parameter_groups, unfreeze
+from tertulia.train.tasks import TaskBase
 
 
-class TwoPartTask:
+class TwoPartTask(TaskBase):
     """y = head(body(x)); a regression both parts must learn."""
 
     def __init__(self):
@@ -153,3 +154,110 @@ def test_keep_best_saves_and_restores_the_best_validating_weights(tmp_path):
     assert trainer.load_best_into_model() == 20
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, snapshots[20][k])
+
+
+# --------------------------------------------- the model's own settings on the staged path
+
+
+class _Declaring(nn.Module):
+    """A body whose bias declares its own base lr and betas, and a head with a period."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+    def optim_groups(self):
+        return [
+            {"params": [self.body.bias], "lr": 0.04, "betas": (0.5, 0.9), "weight_decay": 0.0},
+            {"params": [self.head.weight], "period": 2},
+        ]
+
+
+class _DeclaringTask(TwoPartTask):
+    def __init__(self):
+        self.model = _Declaring()
+        self.w = torch.tensor([[1.0, -2.0, 0.5]])
+
+
+def _declaring_groups(task, body_mult=0.5):
+    return [
+        LayerGroup("head", list(task.model.head.parameters()), lr_mult=1.0, start=0),
+        LayerGroup("body", list(task.model.body.parameters()), lr_mult=body_mult, start=0),
+    ]
+
+
+def test_staged_groups_keep_the_models_own_settings():
+    task = _DeclaringTask()
+    cfg = _cfg(steps=6, warmup=0, lr=0.02, weight_decay=0.1)
+    seen = []
+
+    def on_step(step, total, logs):
+        (group,) = [g for g in trainer.optimizer.param_groups if g.get("betas") == (0.5, 0.9)]
+        seen.append(group["lr"] / learning_rate(step - 1, trainer.cfg))
+
+    trainer = Trainer(task, cfg, layer_groups=_declaring_groups(task), on_step=on_step)
+    assert type(trainer.optimizer).__name__ == "MultiFrequency"  # the head's period
+    by_param = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    bias = by_param[id(task.model.body.bias)]
+    assert bias["betas"] == (0.5, 0.9) and bias["weight_decay"] == 0.0
+    assert bias["lr_scale"] == pytest.approx(0.5 * 0.04 / 0.02)  # layer mult × own base rate
+    assert by_param[id(task.model.body.weight)]["weight_decay"] == 0.1
+    assert by_param[id(task.model.body.weight)]["lr_scale"] == pytest.approx(0.5)
+    assert by_param[id(task.model.head.weight)]["period"] == 2
+    assert by_param[id(task.model.head.bias)]["period"] == 1
+    head_w = task.model.head.weight.detach().clone()
+    trainer.cfg = _cfg(steps=1, warmup=0, lr=0.02, weight_decay=0.1)
+    trainer.fit()
+    assert torch.equal(task.model.head.weight, head_w)  # period 2: not stepped at call 1
+    trainer.cfg = cfg
+    trainer.fit()
+    assert not torch.equal(task.model.head.weight, head_w)
+    assert seen == pytest.approx([0.5 * 0.04 / 0.02] * 6)
+
+
+@pytest.mark.parametrize("memory", ["linear", "mlp"])
+def test_the_staged_path_uses_the_configured_optimizer(memory):
+    task = TwoPartTask()
+    cfg = _cfg(steps=12, optimizer={"kind": "dmgd", "memory": memory})
+    trainer = Trainer(task, cfg, layer_groups=_groups(task, body_start=4))
+    assert type(trainer.optimizer).__name__ == "DMGD"
+    body0 = [p.detach().clone() for p in task.model[0].parameters()]
+    trainer.cfg = _cfg(steps=4, optimizer={"kind": "dmgd", "memory": memory})
+    trainer.fit()
+    assert all(torch.equal(p, q) for p, q in zip(task.model[0].parameters(), body0, strict=True))
+    trainer.cfg = cfg
+    trainer.fit()
+    assert not all(
+        torch.equal(p, q) for p, q in zip(task.model[0].parameters(), body0, strict=True)
+    )
+
+
+def test_the_math_expert_inside_a_composite_keeps_its_bank_settings_when_staged():
+    from tertulia.nn.text_experts import ARITH_LR, MathExpert
+
+    torch.manual_seed(0)
+    expert = MathExpert(8, 1, 4, hidden=8)
+    composite = nn.ModuleDict({"math": expert, "router": nn.Linear(4, 2)})
+
+    class Task(TwoPartTask):
+        def __init__(self):
+            self.model = composite
+
+    groups = [
+        LayerGroup("router", list(composite["router"].parameters()), lr_mult=1.0),
+        LayerGroup("math", list(expert.parameters()), lr_mult=0.1),
+    ]
+    trainer = Trainer(Task(), _cfg(lr=1e-3), layer_groups=groups)
+    by_param = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    for p in expert.arith.parameters():
+        g = by_param[id(p)]
+        assert g["betas"] == (0.9, 0.99) and g["weight_decay"] == 0.0
+        assert g["lr_scale"] == pytest.approx(0.1 * ARITH_LR / 1e-3)
+    for p in expert.op_head.parameters():
+        assert by_param[id(p)]["lr_scale"] == pytest.approx(0.1)
+        assert by_param[id(p)]["betas"] == (0.9, 0.999)

@@ -36,8 +36,9 @@ def test_math_expert_shapes_hard_choices_at_eval_and_tagged_arithmetic():
     order = (hard.order_logit > 0).long()
     expect = hard.per_op[torch.arange(3), pick, order]
     torch.testing.assert_close(hard.value, expect)
-    for p in model.arith.parameters():
-        assert p._optim["lr"] > 0.01  # the bank's own optimiser settings
+    (bank,) = model.optim_groups()  # the bank's own optimiser settings
+    assert bank["lr"] > 0.01 and bank["betas"] == (0.9, 0.99)
+    assert {id(p) for p in bank["params"]} == {id(p) for p in model.arith.parameters()}
     loss, logs = model.loss(
         out,
         torch.tensor([0, 1, 2]),

@@ -160,9 +160,13 @@ def hope_lm(
     level_mult: int = 2,
 ) -> TokenLM:
     """HOPE: each block a test-time-learning memory (``memory()``, behind a token shift)
-    then CMS levels."""
+    then CMS levels, level ℓ updated every ``periods[ℓ]`` steps (:meth:`Level.optim_groups`)."""
     blocks = [
-        Block(d, TokenShift(d, memory()), levels=[Level(d, level_mult * d) for _ in periods])
+        Block(
+            d,
+            TokenShift(d, memory()),
+            levels=[Level(d, level_mult * d, period=int(c)) for c in periods],
+        )
         for _ in range(layers)
     ]
     return TokenLM(vocab, d, blocks)

@@ -33,14 +33,24 @@ from .titans import NeuralMemory
 
 
 class Level(nn.Module):
-    """One residual MLP level ``h + W₂ σ(W₁ LN(h))`` of width ``d`` and hidden width ``hidden``."""
+    """One residual MLP level ``h + W₂ σ(W₁ LN(h))`` of width ``d`` and hidden width ``hidden``,
+    updated every ``period`` steps by the trainer (:meth:`optim_groups`)."""
 
-    def __init__(self, d: int, hidden: int):
+    def __init__(self, d: int, hidden: int, *, period: int = 1):
         super().__init__()
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"period must be an integer >= 1, got {period!r}")
+        self.period = period
         self.norm = nn.LayerNorm(d)
         self.up = nn.Linear(d, hidden)
         self.down = nn.Linear(hidden, d)
         self.act = nn.GELU()
+
+    def optim_groups(self) -> list[dict[str, Any]]:
+        """The level's update period C (:mod:`tertulia.train.groups`); none when C = 1."""
+        if self.period == 1:
+            return []
+        return [{"params": list(self.parameters()), "period": self.period}]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.down(self.act(self.up(self.norm(h))))
@@ -68,7 +78,7 @@ class ContinuumMLP(nn.Module):
             raise ValueError(f"periods must be one or more integers >= 1, got {list(periods)}")
         self.periods = [int(c) for c in periods]
         self.inp = nn.Linear(inputs, d)
-        self.levels = nn.ModuleList(Level(d, hidden) for _ in self.periods)
+        self.levels = nn.ModuleList(Level(d, hidden, period=c) for c in self.periods)
         self.out = nn.Linear(d, outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -93,6 +93,9 @@ class S4DKernel(nn.Module):
         if not 0.0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.H, self.N, self.disc, self.init = d_model, N, disc, init
+        # base learning rate of the SSM parameters, without weight decay (optim_groups);
+        # None: they follow the model's default rule
+        self.ssm_lr: float | None = None
         half = N // 2
 
         if init == "random":
@@ -128,6 +131,14 @@ class S4DKernel(nn.Module):
         if self.learn_B:
             params += [self.B_re, self.B_im]
         return params
+
+    def optim_groups(self) -> list[dict]:
+        """The SSM parameters at their own base lr ``ssm_lr``, no weight decay
+        (:mod:`tertulia.train.groups`; the state-spaces convention); none while ``ssm_lr``
+        is None."""
+        if self.ssm_lr is None:
+            return []
+        return [{"params": self.ssm_parameters(), "lr": self.ssm_lr, "weight_decay": 0.0}]
 
     def dt(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Step sizes Δ (H,) = exp(clamp(log_dt, log 1e-4, log 1))."""

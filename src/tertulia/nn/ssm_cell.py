@@ -24,8 +24,8 @@ window at its own default time scales.
 Λ starts at S4D-Lin (−½ + iπk, k = 0 … N/2−1) in every channel, b_Δ at the
 inverse softplus of a log-uniform Δ in ``[dt_min, dt_max]`` (the Mamba dt
 init), and the selector's weights small, so Δ starts close to Δ0. The
-dynamics parameters (Λ's parts) carry ``_optim = {"weight_decay": 0.0}``
-(state-spaces convention: no decay on the SSM).
+dynamics parameters (Λ's parts) learn without weight decay (state-spaces
+convention: no decay on the SSM; :meth:`SSMCellBank.optim_groups`).
 
 Two paths compute y. ``step`` builds the kernels by a Vandermonde product and
 applies both directions at once as one circular FFT convolution of length 2P
@@ -101,14 +101,17 @@ class SSMCellBank(nn.Module):
         k = torch.arange(half, dtype=torch.float32)
         self.log_neg_re = nn.Parameter(torch.full((n, h, half), math.log(0.5)))
         self.im = nn.Parameter((math.pi * k).expand(n, h, half).clone())
-        for p in (self.log_neg_re, self.im):
-            p._optim = {"weight_decay": 0.0}  # type: ignore[attr-defined]
         c = torch.randn(2, n, 2, h, half) * math.sqrt(0.5 / half)
         self.C_re = nn.Parameter(c[0])  # (n, 2, h, N/2): forward and backward read-outs
         self.C_im = nn.Parameter(c[1])
         self.D = nn.Parameter(torch.ones(n, h))
         self.read = StackedLinear(n, patch * h, d)
         self.trm = CellBank(n, d=d, d_msg=d_msg, hidden=hidden, skip=skip)
+
+    def optim_groups(self) -> list[dict]:
+        """Optimiser settings of the bank's own (:mod:`tertulia.train.groups`): Λ's parts
+        without weight decay."""
+        return [{"params": [self.log_neg_re, self.im], "weight_decay": 0.0}]
 
     # ------------------------------------------------------------------ pieces
 

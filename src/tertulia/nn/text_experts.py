@@ -187,12 +187,24 @@ class MathExpert(nn.Module):
         self.op_head = _mlp(d_model, hidden, ops)
         self.order_head = _mlp(d_model, hidden, 1)
         self.arith = OpArithmetic(ops, param=nalu_param, gate="constant")
-        # The bank's few weights need large steps to reach the clip bounds (±1, gate 0/1) and
-        # a short second-moment memory to forget the huge gradients of the first steps: its
-        # own optimiser settings, honoured by the trainer (``_optim``, a base lr that follows
-        # the schedule) and by :meth:`param_groups`.
-        for p in self.arith.parameters():
-            p._optim = {"lr": ARITH_LR, "betas": (0.9, 0.99), "weight_decay": 0.0}  # type: ignore[attr-defined]
+
+    def optim_groups(self) -> list[dict]:
+        """The NALU bank's own optimiser settings (:mod:`tertulia.train.groups`).
+
+        The bank's few weights need large steps to reach the clip bounds (±1, gate 0/1)
+        and a short second-moment memory to forget the huge gradients of the first
+        steps: base lr ``ARITH_LR`` (following the schedule), β₂ = 0.99, no decay. The
+        trainer honours them on its plain and staged paths, also with the expert inside
+        VELORA.
+        """
+        return [
+            {
+                "params": list(self.arith.parameters()),
+                "lr": ARITH_LR,
+                "betas": (0.9, 0.99),
+                "weight_decay": 0.0,
+            }
+        ]
 
     def forward(self, enc: EncodedText, numbers: torch.Tensor | None = None) -> MathOutput:
         pooled, _ = self.encoder(enc)

@@ -30,7 +30,9 @@ would be for that block alone).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -152,8 +154,69 @@ class BlockSchedule:
         )
 
 
-class _PerCell(Protocol):
+@runtime_checkable
+class PerCell(Protocol):
+    """What block training needs: the per-node parameters and all parameters.
+
+    An :class:`~tertulia.nn.Orchestra` is one; so is a :class:`CellLayout`.
+    """
+
     def per_cell_parameters(self) -> list[tuple[nn.Parameter, list[int]]]: ...
+
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """A model's parameters as block training sees them: ``nodes`` nodes, each row of
+    axis 0 of the ``per_cell`` tensors belonging to the node listed for it; the rest of
+    ``all_parameters`` belongs to no node."""
+
+    nodes: int
+    per_cell: tuple[tuple[nn.Parameter, tuple[int, ...]], ...]
+    all_parameters: tuple[nn.Parameter, ...]
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        *,
+        nodes: int,
+        per_cell: Sequence[tuple[nn.Parameter, Sequence[int]]],
+    ) -> CellLayout:
+        """The layout of ``model`` whose per-node parameters are ``per_cell``."""
+        return cls(
+            nodes=nodes,
+            per_cell=tuple((p, tuple(rows)) for p, rows in per_cell),
+            all_parameters=tuple(model.parameters()),
+        )
+
+    def per_cell_parameters(self) -> list[tuple[nn.Parameter, list[int]]]:
+        """The per-node tensors with the node of each row (as :class:`PerCell` asks)."""
+        return [(p, list(rows)) for p, rows in self.per_cell]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter of the model, per-node or shared."""
+        return iter(self.all_parameters)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Block training of a task's model (what a task's ``block_plan`` returns): its
+    per-node parameters, the schedule of active nodes, and whether the shared
+    parameters learn."""
+
+    cells: CellLayout
+    schedule: BlockSchedule
+    train_shared: bool = True
+
+    @classmethod
+    def from_config(cls, cells: CellLayout, cfg: BlocksConfig) -> BlockPlan | None:
+        """The plan of ``train.blocks`` over ``cells``; None for ``kind: none`` (every
+        node always learns, no freezing needed)."""
+        if cfg.kind == "none":
+            return None
+        return cls(cells, BlockSchedule.from_config(cfg, cells.nodes), train_shared=cfg.shared)
 
 
 class BlockFreezer:
@@ -176,7 +239,7 @@ class BlockFreezer:
 
     def __init__(
         self,
-        model: nn.Module | _PerCell,
+        model: PerCell,
         optimizer: torch.optim.Optimizer,
         schedule: BlockSchedule,
         *,
@@ -185,7 +248,8 @@ class BlockFreezer:
         """Bind a model, its optimiser and a schedule.
 
         Args:
-            model: provides ``per_cell_parameters()`` (e.g. an Orchestra).
+            model: provides ``per_cell_parameters()`` and ``parameters()`` (an
+                Orchestra, a :class:`CellLayout`).
             optimizer: any torch optimiser over (some of) the model's parameters.
             schedule: which nodes learn at each step; must cover every node
                 index the model's rows refer to.
@@ -195,7 +259,7 @@ class BlockFreezer:
             ValueError: if the model has no ``per_cell_parameters`` or refers
                 to nodes beyond ``schedule.nodes``.
         """
-        if not callable(getattr(model, "per_cell_parameters", None)):
+        if not isinstance(model, PerCell):
             raise ValueError(
                 f"{type(model).__name__} has no per_cell_parameters(); "
                 "block training needs parameters stacked per node"
@@ -218,21 +282,14 @@ class BlockFreezer:
                     f"has only {schedule.nodes} nodes"
                 )
             self._per_cell.append((p, torch.tensor(rows, dtype=torch.long, device=p.device)))
-        params = model.parameters() if isinstance(model, nn.Module) else []
-        self._shared = [p for p in params if id(p) not in seen]
+        self._shared = [p for p in model.parameters() if id(p) not in seen]
         self._total = sum(p.numel() for p, _ in self._per_cell)
         self._cache: dict[frozenset[int], list[tuple[nn.Parameter, torch.Tensor]]] = {}
 
     @classmethod
-    def from_config(
-        cls, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: BlocksConfig
-    ) -> BlockFreezer:
-        """A freezer for ``train.blocks``; the node count is ``model.graph.nodes``."""
-        graph = getattr(model, "graph", None)
-        if graph is None:
-            raise ValueError(f"{type(model).__name__} has no graph to count its nodes")
-        schedule = BlockSchedule.from_config(cfg, graph.nodes)
-        return cls(model, optimizer, schedule, train_shared=cfg.shared)
+    def from_plan(cls, plan: BlockPlan, optimizer: torch.optim.Optimizer) -> BlockFreezer:
+        """A freezer carrying out ``plan`` around ``optimizer``."""
+        return cls(plan.cells, optimizer, plan.schedule, train_shared=plan.train_shared)
 
     # ---------------------------------------------------------------- helpers
 

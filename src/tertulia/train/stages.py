@@ -9,6 +9,10 @@ use. A model's trainable parameters are split into named
     lr_g(t) = lr(t) · lr_mult_g      for t ≥ start_g
     frozen                           for t < start_g
 
+The model's own optimiser settings (:mod:`tertulia.train.groups`: a base lr,
+``lr_mult``, weight decay, betas, period) hold inside every layer group: a
+parameter with its own base rate η_p learns at ``lr(t) · lr_mult_g · η_p / lr``.
+
 Frozen means the group's gradients are dropped before the optimiser step
 (``grad = None``), so AdamW neither moves the weights nor decays them nor
 touches their moments: a group is bit-identical until it starts, and its Adam
@@ -22,12 +26,14 @@ computed through them).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from .groups import Settings, decays
 
 
 @dataclass
@@ -47,31 +53,51 @@ class LayerGroup:
 
 
 def staged_parameter_groups(
-    groups: Sequence[LayerGroup], weight_decay: float
+    groups: Sequence[LayerGroup],
+    weight_decay: float,
+    *,
+    declared: Mapping[int, Settings] | None = None,
 ) -> list[dict[str, Any]]:
-    """Optimiser groups: per layer group, matrices with decay and the rest without.
+    """Optimiser groups: per layer group, matrices with decay, the rest without, and one
+    group per distinct setting the model declares (``declared``, from
+    :func:`~tertulia.train.groups.declared_settings`).
 
-    Each carries ``lr_scale`` (its multiplier), ``start`` and ``layer_group``.
-    A parameter may belong to one layer group only.
+    Each carries ``lr_mult`` (the layer group's multiplier times the parameters' own
+    ``lr_mult``; a declared base ``lr`` is kept beside it), ``start`` and
+    ``layer_group``; :func:`~tertulia.train.groups.build_optimizer` turns them into the
+    optimiser. A parameter may belong to one layer group only.
     """
+    declared = declared or {}
     seen: dict[int, str] = {}
     out: list[dict[str, Any]] = []
     for g in groups:
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        special: dict[Settings, list[nn.Parameter]] = {}
         for p in g.params:
             if id(p) in seen:
                 raise ValueError(
                     f"a parameter belongs to layer groups {seen[id(p)]!r} and {g.name!r}"
                 )
             seen[id(p)] = g.name
-            (decay if p.ndim >= 2 and p.shape[-1] > 1 else no_decay).append(p)
-        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            settings = declared.get(id(p))
+            if settings:
+                special.setdefault(settings, []).append(p)
+            else:
+                (decay if decays(p) else no_decay).append(p)
+        parts: list[tuple[list[nn.Parameter], dict[str, Any]]] = [
+            (decay, {"weight_decay": weight_decay}),
+            (no_decay, {"weight_decay": 0.0}),
+        ]
+        parts += [(params, dict(settings)) for settings, params in special.items()]
+        for params, settings in parts:
             if params:
+                own = settings.pop("lr_mult", 1.0)
                 out.append(
                     {
                         "params": params,
-                        "weight_decay": wd,
-                        "lr_scale": g.lr_mult,
+                        **settings,
+                        "lr_mult": g.lr_mult * own,
                         "start": g.start,
                         "layer_group": g.name,
                     }

@@ -1,7 +1,8 @@
 """Tasks bind a dataset to a model: what a batch is, what the loss is, how to judge.
 
-The trainer only knows the :class:`Task` protocol, so new capabilities plug in
-without touching the loop.
+The trainer only knows the :class:`Task` protocol (every member it uses is listed
+there; :class:`TaskBase` gives the defaults), so new capabilities plug in without
+touching the loop.
 
 :class:`ForecastTask` — next-frame forecasting of a noisy 1-D field. A sample
 is a trajectory b and a time t ≥ w−1: input the noisy frames
@@ -26,33 +27,108 @@ Legend: B batch, w window, G grid, T frames, K rollout steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import metrics as M
-from ..config import EvalConfig, TrainConfig
+from ..config import EvalConfig, ForecastTrainConfig
+from ..nn.orchestra import Orchestra
 from ..runtime import CPU, Runtime
 from ..solvers import SolverTrace
 from ..stability import contraction_factor, jacobian_frobenius
+from .blocks import BlockPlan, CellLayout
 
 LOG_2PI = 1.8378770664093453
 
 
+@runtime_checkable
 class Task(Protocol):
-    """What the trainer needs from a task. A task may also carry a ``runtime``
-    (:class:`~tertulia.runtime.Runtime`): the trainer then moves the model and every
-    batch to its device and runs ``loss`` under its autocast (default: CPU, fp32)."""
+    """Everything the trainer asks of a task, and nothing else.
+
+    ``model`` is the module trained (moved to ``runtime.device``; ``loss`` runs under
+    ``runtime.autocast()``). ``loss`` must run its forward through ``forward_module``,
+    the module :meth:`set_forward_module` last named (the model itself by default; the
+    trainer names its ``DistributedDataParallel`` wrapper when several processes
+    train). :class:`TaskBase` implements every member but ``model``,
+    ``sample_batch`` and ``loss``.
+    """
 
     model: nn.Module
+    runtime: Runtime
 
-    def sample_batch(self, generator: torch.Generator) -> Any: ...
+    def sample_batch(self, generator: torch.Generator) -> Any:
+        """The next training batch, drawn with ``generator`` (whose state is checkpointed)."""
+        ...
 
     def loss(self, batch: Any, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss and logs of one batch; ``step`` counts from 1 (the step being taken)."""
         ...
+
+    def after_backward(self) -> dict[str, float]:
+        """Logs known only once the backward pass has run (e.g. adjoint-solve statistics)."""
+        ...
+
+    def validation_nll(self) -> float:
+        """A lower-is-better validation score (what ``runs.fit_in_run`` checkpoints by)."""
+        ...
+
+    def block_plan(self) -> BlockPlan | None:
+        """Which of the model's nodes learn at each step (block training), or None: every
+        parameter learns at every step."""
+        ...
+
+    def set_forward_module(self, module: nn.Module | None) -> None:
+        """Run training forwards through ``module`` (None: through ``model`` again)."""
+        ...
+
+    def training_summary(self, means: dict[str, float]) -> dict[str, float]:
+        """What the training summary reports, from ``means``: the mean over training of
+        every numeric log value (each over the steps that logged it)."""
+        ...
+
+
+class TaskBase:
+    """Defaults of the :class:`Task` protocol; a task defines ``model``, ``sample_batch``
+    and ``loss`` and calls ``self.forward_module`` in ``loss``.
+
+    Defaults: runs on the CPU in fp32, no after-backward logs, no validation score
+    (:meth:`validation_nll` raises NotImplementedError), no block training, no
+    training summary of its own.
+    """
+
+    model: nn.Module
+    runtime: Runtime = CPU
+    _forward: nn.Module | None = None
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module training forwards go through: ``model`` or the trainer's wrapper."""
+        return self.model if self._forward is None else self._forward
+
+    def set_forward_module(self, module: nn.Module | None) -> None:
+        """Run training forwards through ``module`` (None: through ``model``)."""
+        self._forward = module
+
+    def after_backward(self) -> dict[str, float]:
+        """No logs after the backward pass."""
+        return {}
+
+    def validation_nll(self) -> float:
+        """No validation score: NotImplementedError (pass the trainer a ``validate``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no validation_nll(); give the trainer a validate callable"
+        )
+
+    def block_plan(self) -> BlockPlan | None:
+        """No block training."""
+        return None
+
+    def training_summary(self, means: dict[str, float]) -> dict[str, float]:
+        """Nothing beyond the trainer's own statistics."""
+        return {}
 
 
 @dataclass
@@ -95,7 +171,7 @@ def gaussian_nll_points(y: torch.Tensor, mean: torch.Tensor, log_var: torch.Tens
     return 0.5 * ((y - mean).pow(2) * torch.exp(-log_var) + log_var)
 
 
-class ForecastTask:
+class ForecastTask(TaskBase):
     """Next-frame forecasting with a Gaussian predictive distribution.
 
     The model and the splits go to ``runtime.device``; the forward passes of
@@ -109,7 +185,7 @@ class ForecastTask:
         splits: dict[str, Any],
         *,
         window: int,
-        train: TrainConfig,
+        train: ForecastTrainConfig,
         cells: int = 1,
         runtime: Runtime = CPU,
     ):
@@ -141,17 +217,25 @@ class ForecastTask:
         return split.batch(rows)
 
     def loss(self, batch: Batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        """Eq. (4) plus the optional Jacobian penalty ``jac_reg · ‖∂F/∂S‖_F² / D`` at S*."""
-        pred = self.model(batch.x)
+        """Eq. (4) plus the optional Jacobian penalty ``jac_reg · ‖∂F/∂S‖_F² / D`` at S*.
+
+        Logs ``loss``, the objective minimised (β-NLL weights, λ_i, penalties included),
+        and ``nll``, the plain Gaussian NLL of the batch per point (with ½ log 2π, as
+        :meth:`validation_nll`), so training and validation curves compare.
+        """
+        pred = self.forward_module(batch.x)
         mean, log_var = pred.mean.float(), pred.log_var.float()  # the NLL in float32
-        per_point = gaussian_nll_points(batch.y, mean, log_var)  # (B, G)
+        nll_points = gaussian_nll_points(batch.y, mean, log_var)  # (B, G)
+        # the log's "nll" is the plain Gaussian NLL of the batch (what val_nll measures);
+        # "loss" is the objective minimised (β- and λ-weighted, plus the penalties)
+        logs = {"nll": float(nll_points.detach().mean()) + 0.5 * LOG_2PI}
+        per_point = nll_points
         if self.cfg.loss == "beta_nll":
             per_point = per_point * log_var.detach().mul(self.cfg.beta).exp()
         b, g = per_point.shape
         per_cell = per_point.reshape(b, self.cells, g // self.cells).mean(dim=(0, 2))  # (n,)
         data_loss = (self.cell_weights * per_cell).sum() / self.cells
         loss = data_loss
-        logs = {"nll": float(data_loss.detach()) + 0.5 * LOG_2PI}
         if "consistency" in pred.aux and self.cfg.consistency > 0:
             loss = loss + self.cfg.consistency * pred.aux["consistency"]
             logs["consistency"] = float(pred.aux["consistency"].detach())
@@ -192,6 +276,27 @@ class ForecastTask:
             "backward_residual": st.backward["residual"],
             "backward_converged": st.backward["converged"],
         }
+
+    def block_plan(self) -> BlockPlan | None:
+        """``train.blocks`` over an orchestra's cells, coordinator and memory slots; None
+        for ``kind: none`` and for models without per-node parameters (baselines)."""
+        if not isinstance(self.model, Orchestra):
+            return None
+        cells = CellLayout.of(
+            self.model, nodes=self.model.graph.nodes, per_cell=self.model.per_cell_parameters()
+        )
+        return BlockPlan.from_config(cells, self.cfg.blocks)
+
+    def training_summary(self, means: dict[str, float]) -> dict[str, float]:
+        """Solver statistics over training: mean forward iterations, the fraction of
+        samples whose solve did not converge, mean adjoint iterations (when logged)."""
+        out: dict[str, float] = {}
+        if "iterations" in means:
+            out["forward_iterations_mean"] = means["iterations"]
+            out["unconverged_fraction"] = means.get("unconverged", 0.0)
+        if "backward_iterations" in means:
+            out["backward_iterations_mean"] = means["backward_iterations"]
+        return out
 
     def validation_nll(self, *, max_samples: int = 2048) -> float:
         """Mean Gaussian NLL on (at most ``max_samples`` of) the validation split."""
@@ -363,7 +468,7 @@ class LabelledBatch:
     y: torch.Tensor  # (B,) class labels
 
 
-class ClassifyTask:
+class ClassifyTask(TaskBase):
     """Sequence classification: cross-entropy on the model's logits (B, K).
 
     ``splits`` maps ``train`` / ``val`` / ``test`` to objects with ``x`` (S, L, C)
@@ -392,7 +497,8 @@ class ClassifyTask:
             return self.model(x).float()
 
     def loss(self, batch: LabelledBatch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch.x).float()
+        """Cross-entropy of the batch; logs it as ``loss`` and ``nll``, and the accuracy."""
+        logits = self.forward_module(batch.x).float()
         loss = nn.functional.cross_entropy(logits, batch.y)
         accuracy = float((logits.argmax(-1) == batch.y).float().mean())
         value = float(loss.detach())

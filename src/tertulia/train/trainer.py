@@ -1,9 +1,11 @@
 """The training loop: optimiser, schedule, clipping, EMA, NaN guard, checkpoints.
 
-The trainer knows only a :class:`~tertulia.train.tasks.Task` (``sample_batch``
-and ``loss``). Everything that decides the next step is either checkpointed
-or a pure function of the step, so a run killed at any moment and resumed
-from its last checkpoint continues exactly as if it had never stopped:
+The trainer knows only a :class:`~tertulia.train.tasks.Task`: it calls the
+members of that protocol and nothing else, on no model. The optimiser comes from
+the model's own parameter groups (:mod:`tertulia.train.groups`). Everything
+that decides the next step is either checkpointed or a pure function of the
+step, so a run killed at any moment and resumed from its last checkpoint
+continues exactly as if it had never stopped:
 
 * learning rate: linear warm-up then cosine decay to ``min_lr_ratio·lr``,
   ``lr(t)`` computed from t;
@@ -14,11 +16,18 @@ from its last checkpoint continues exactly as if it had never stopped:
 With ``layer_groups`` (:mod:`tertulia.train.stages`) named parameter groups
 start learning at their own steps and rates (gradual unfreezing); with
 ``keep_best`` the best-validating weights are kept beside the latest ones.
-With ``train.blocks`` set, only the cells of the current block learn
-(:mod:`tertulia.train.blocks`); frozen cells keep their weights and optimiser
-state bit-identical. Solver statistics (forward and adjoint iterations,
+When the task has a block plan (``train.blocks`` of an orchestra), only the cells
+of the current block learn (:mod:`tertulia.train.blocks`); frozen cells keep their
+weights and optimiser state bit-identical. Solver statistics (forward and adjoint iterations,
 samples whose solve did not converge) and the autograd memory of a step are
-accumulated, checkpointed and reported in the summary.
+accumulated, checkpointed and reported in the summary: the trainer keeps the mean
+over training of every numeric log value, and the task's ``training_summary``
+says which of them the summary reports, under which names.
+
+The log (``train_log.jsonl``) holds at most one line per model and step: the
+step's logs at a ``log_every`` step, with ``val_nll`` at a checkpoint step. A
+resumed trainer first drops its model's lines past the checkpoint it resumes
+from, so the log of a run killed and resumed reads as one uninterrupted run.
 
 A step whose loss or gradient norm is not finite is skipped and counted;
 ``nan_patience`` consecutive skips stop training with
@@ -43,19 +52,20 @@ import torch
 
 from .._io import atomic_write_text
 from ..config import TrainConfig
-from ..errors import TrainingDiverged
-from ..optim import DMGD, MultiFrequency
-from ..runtime import CPU
+from ..errors import RunDirError, TrainingDiverged
 from . import distributed
 from .blocks import BlockFreezer
 from .checkpoint import (
+    checkpoint_folder,
     has_checkpoint,
     latest_step,
     load_checkpoint,
+    load_weights,
     optimizer_from_tensors,
     optimizer_to_tensors,
     save_checkpoint,
 )
+from .groups import build_optimizer, declared_settings, parameter_groups
 from .stages import LayerGroup, drop_frozen_grads, staged_parameter_groups
 from .tasks import Task
 
@@ -109,36 +119,6 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms and 1-D parameters are exempt.
-
-    A parameter carrying an ``_optim`` dict (the state-spaces convention, e.g.
-    S4D's ``log_dt`` and Λ: ``{"weight_decay": 0.0, "lr": 1e-3}``) gets a group
-    of its own with those settings; its ``lr`` is a base rate that follows the
-    schedule like ``train.lr`` does (``lr_scale`` = its lr / ``train.lr`` is
-    applied by the trainer). A ``period`` C in it (continuum memory) makes the
-    trainer step that group every C steps on its chunk's mean gradient
-    (:class:`tertulia.optim.MultiFrequency`).
-    """
-    decay, no_decay = [], []
-    special: dict[tuple[tuple[str, float], ...], list[torch.nn.Parameter]] = {}
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        settings = getattr(p, "_optim", None)
-        if settings:
-            special.setdefault(tuple(sorted(settings.items())), []).append(p)
-        else:
-            (decay if p.ndim >= 2 and p.shape[-1] > 1 else no_decay).append(p)
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    for settings, params in special.items():
-        groups.append({"params": params, **dict(settings)})
-    return groups
-
-
 class Trainer:
     """Fit a task's model for ``cfg.steps`` steps, resumable from its checkpoint folder."""
 
@@ -159,6 +139,8 @@ class Trainer:
     ):
         """Args beyond the task and config:
 
+        task: a :class:`~tertulia.train.tasks.Task` (derive from
+            :class:`~tertulia.train.tasks.TaskBase` for the defaults).
         name, seed: the model's name in logs and checkpoints; the batch-sampling seed.
         checkpoint_dir, log_path: where checkpoints and JSON-lines logs go (None: nowhere).
         on_step: progress callback ``(step, total, logs)``.
@@ -170,44 +152,31 @@ class Trainer:
         keep_best: also keep the weights (EMA when on) with the best ``validate`` score in
             ``checkpoint_dir/best`` (:meth:`load_best_into_model`).
         """
-        self.task, self.cfg, self.name, self.seed = task, cfg, name, seed
+        if not isinstance(task, Task):
+            raise TypeError(
+                f"{type(task).__name__} does not implement the Task protocol; derive it from "
+                "tertulia.train.tasks.TaskBase"
+            )
+        self.task: Task = task
+        self.cfg, self.name, self.seed = cfg, name, seed
         self.checkpoint_dir = checkpoint_dir
         self.log_path = log_path
         self.on_step = on_step
         self.validate = validate
         self.meta = meta or {}
-        # the task's runtime (device, precision); a task without one runs on the CPU in fp32
-        self.runtime = getattr(task, "runtime", CPU)
-        self.model = self.runtime.place(task.model)
+        self.runtime = self.task.runtime  # device and precision
+        self.model = self.runtime.place(self.task.model)
         self.keep_best = keep_best and validate is not None and checkpoint_dir is not None
         self.best: float = math.inf
+        # the optimiser (AdamW or DMGD, MultiFrequency for periods) over the model's groups
         if layer_groups is not None:
-            self.optimizer = torch.optim.AdamW(
-                staged_parameter_groups(layer_groups, cfg.weight_decay), lr=cfg.lr
-            )
+            declared = declared_settings(self.model)
+            groups = staged_parameter_groups(layer_groups, cfg.weight_decay, declared=declared)
+            self.optimizer = build_optimizer(groups, cfg)
             self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         else:
+            self.optimizer = build_optimizer(parameter_groups(self.model, cfg.weight_decay), cfg)
             self.params = [p for p in self.model.parameters() if p.requires_grad]
-            groups = parameter_groups(self.model, cfg.weight_decay)
-            o = cfg.optimizer
-            if o.kind == "dmgd":
-                self.optimizer = DMGD(
-                    groups,
-                    lr=cfg.lr,
-                    momentum=o.momentum,
-                    memory=o.memory,
-                    hidden=o.hidden,
-                    inner_lr=o.inner_lr,
-                    newton_schulz=o.newton_schulz,
-                )
-            else:
-                self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-            # groups with their own base lr keep its ratio to train.lr under the schedule
-            for group in self.optimizer.param_groups:
-                group["lr_scale"] = group["lr"] / cfg.lr
-            if any(g.get("period", 1) > 1 for g in self.optimizer.param_groups):
-                # continuum memory: groups tagged {"period": C} step every C calls
-                self.optimizer = MultiFrequency(self.optimizer)
         self.ddp = distributed.wrap(self.model)  # the model itself unless torch.distributed runs
         self.ema: dict[str, torch.Tensor] | None = None
         if cfg.ema > 0:
@@ -217,18 +186,12 @@ class Trainer:
         self.skipped = 0
         self.seconds = 0.0
         self.freezer: BlockFreezer | None = None
-        if cfg.blocks.kind != "none" and hasattr(self.model, "per_cell_parameters"):
-            self.freezer = BlockFreezer.from_config(self.model, self.optimizer, cfg.blocks)
-        # running sums over training (checkpointed): solver iterations, unconverged samples
-        self.stats: dict[str, float] = {
-            "samples": 0.0,
-            "unconverged": 0.0,
-            "forward_iterations": 0.0,
-            "backward_iterations": 0.0,
-            "backward_steps": 0.0,
-            "forward_steps": 0.0,
-            "peak_activation_mb": 0.0,
-        }
+        plan = self.task.block_plan()  # None: every parameter learns at every step
+        if plan is not None:
+            self.freezer = BlockFreezer.from_plan(plan, self.optimizer)
+        # running sums over training (checkpointed): "sum.<key>" and "steps.<key>" of every
+        # finite numeric log value, and the peak activation memory
+        self.stats: dict[str, float] = {"peak_activation_mb": 0.0}
 
     # ------------------------------------------------------------------- state
 
@@ -240,6 +203,7 @@ class Trainer:
         return sd
 
     def save(self) -> None:
+        """Checkpoint weights, EMA, optimiser and RNG states and counters (rank 0 writes)."""
         if self.checkpoint_dir is None:
             return
         if not distributed.is_main():  # rank 0 writes; the others wait until it is whole
@@ -283,25 +247,46 @@ class Trainer:
         """Load the best-scoring weights kept by ``keep_best``; returns their step."""
         if self.checkpoint_dir is None or not has_checkpoint(self.checkpoint_dir / "best"):
             return None
-        groups, meta = load_checkpoint(self.checkpoint_dir / "best")
-        self.model.load_state_dict(groups["model"])
+        best = self.checkpoint_dir / "best"
+        groups, meta = load_checkpoint(best, require=("model",))
+        load_weights(
+            self.model, groups["model"], source=checkpoint_folder(best) / "model.safetensors"
+        )
         return int(meta["step"])
 
     def resume(self) -> int:
-        """Restore everything from the latest checkpoint; returns the step resumed from."""
-        if self.checkpoint_dir is None or not has_checkpoint(self.checkpoint_dir):
+        """Restore everything from the latest checkpoint; returns the step resumed from.
+
+        Without a checkpoint the model starts at step 0. Either way the model's log lines
+        past that step (written by a run killed before its next checkpoint) are dropped.
+
+        Raises:
+            RunDirError: one line naming the file, for a checkpoint that is unreadable or
+                does not fit the model (see :func:`~tertulia.train.checkpoint.load_weights`).
+        """
+        if self.checkpoint_dir is None:
             return 0
-        groups, meta = load_checkpoint(self.checkpoint_dir)
-        self.model.load_state_dict(groups["model"])
+        if not has_checkpoint(self.checkpoint_dir):
+            self._truncate_log(0)
+            return 0
+        folder = checkpoint_folder(self.checkpoint_dir)
+        groups, meta = load_checkpoint(self.checkpoint_dir, require=("model", "train_state"))
+        load_weights(self.model, groups["model"], source=folder / "model.safetensors")
         if self.ema is not None and "ema" in groups:
-            self.ema = {k: groups["ema"][k].to(v.device).clone() for k, v in self.ema.items()}
+            self.ema = self._ema_from(groups["ema"], folder / "ema.safetensors")
         state = groups["train_state"]
+        state_file = folder / "train_state.safetensors"
+        if "optimizer" not in meta:
+            raise RunDirError(f'{folder / "meta.json"}: no "optimizer" state')
         opt = {k.removeprefix("optim."): v for k, v in state.items() if k.startswith("optim.")}
-        optimizer_from_tensors(self.optimizer, opt, meta["optimizer"])
-        torch.set_rng_state(state["rng.torch"])
-        self.generator.set_state(state["rng.batches"])
-        if self.runtime.is_cuda and "rng.cuda" in state:
-            torch.cuda.set_rng_state(state["rng.cuda"], self.runtime.device)
+        optimizer_from_tensors(self.optimizer, opt, meta["optimizer"], source=state_file)
+        try:
+            torch.set_rng_state(state["rng.torch"])
+            self.generator.set_state(state["rng.batches"])
+            if self.runtime.is_cuda and "rng.cuda" in state:
+                torch.cuda.set_rng_state(state["rng.cuda"], self.runtime.device)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise RunDirError(f"{state_file}: no valid random-number state ({exc})") from None
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
         self.seconds = float(meta.get("seconds", 0.0))
@@ -311,18 +296,37 @@ class Trainer:
         self._truncate_log(self.step)
         return self.step
 
+    def _ema_from(self, saved: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+        """The EMA of every parameter from ``saved``; RunDirError when one is missing or
+        has another shape."""
+        assert self.ema is not None
+        ema = {}
+        for k, v in self.ema.items():
+            if k not in saved or saved[k].shape != v.shape:
+                found = "missing" if k not in saved else f"shape {tuple(saved[k].shape)}"
+                raise RunDirError(
+                    f"{source}: the weights do not fit the model of config.yaml ({k}: {found}, "
+                    f"the model has {tuple(v.shape)}); was config.yaml edited?"
+                )
+            ema[k] = saved[k].to(v.device).clone()
+        return ema
+
     def _truncate_log(self, step: int) -> None:
-        """Drop this model's log lines written after the checkpoint we resume from."""
-        if self.log_path is None or not self.log_path.exists():
+        """Drop this model's log lines past ``step`` (and torn lines), atomically."""
+        if self.log_path is None or not distributed.is_main() or not self.log_path.exists():
             return
         kept = []
-        for line in self.log_path.read_text().splitlines():
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:
                 continue  # a torn last line from a killed process
-            if rec.get("model") == self.name and rec.get("step", 0) > step:
+            if not isinstance(rec, dict):
                 continue
+            step_of = rec.get("step", 0)
+            if rec.get("model") == self.name and isinstance(step_of, int | float):
+                if step_of > step:
+                    continue
             kept.append(line)
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
 
@@ -348,6 +352,17 @@ class Trainer:
     # -------------------------------------------------------------------- loop
 
     def fit(self) -> TrainSummary:
+        """Train from the latest checkpoint (or step 0) to ``cfg.steps``; the summary."""
+        distributed_forward = self.ddp is not self.model
+        if distributed_forward:  # the forward goes through DDP's gradient hooks
+            self.task.set_forward_module(self.ddp)
+        try:
+            return self._fit()
+        finally:
+            if distributed_forward:
+                self.task.set_forward_module(None)
+
+    def _fit(self) -> TrainSummary:
         cfg = self.cfg
         resumed_from = self.resume()
         self.model.train()
@@ -361,15 +376,11 @@ class Trainer:
             batch = self.task.sample_batch(self.generator)  # the same global batch on every rank
             if self.ddp is not self.model:
                 batch = distributed.shard(batch, distributed.rank(), distributed.world_size())
-                self.task.model = self.ddp  # the forward goes through DDP's gradient hooks
             batch = self.runtime.to(batch)
             measure = (self.step + 1) % cfg.log_every == 0 or self.step == 0
             meter = SavedTensorMeter(self.params) if measure else None
-            try:
-                with meter.hooks() if meter else nullcontext(), self.runtime.autocast():
-                    loss, logs = self.task.loss(batch, step=self.step + 1)
-            finally:
-                self.task.model = self.model
+            with meter.hooks() if meter else nullcontext(), self.runtime.autocast():
+                loss, logs = self.task.loss(batch, step=self.step + 1)
             if meter is not None:
                 logs["activation_mb"] = meter.megabytes
                 self.stats["peak_activation_mb"] = max(
@@ -379,7 +390,7 @@ class Trainer:
             if ok:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                logs.update(getattr(self.task, "after_backward", dict)())
+                logs.update(self.task.after_backward())
                 live = drop_frozen_grads(self.optimizer, self.step)
                 if live:
                     logs["layer_groups_live"] = float(len(live))
@@ -408,19 +419,25 @@ class Trainer:
             logs["lr"] = lr
             if streak >= cfg.nan_patience:
                 raise TrainingDiverged(self._diverged_message(streak))
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log({"model": self.name, "step": self.step, **logs})
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            last = self.step == cfg.steps
+            record: dict[str, Any] = {}
+            if self.step % cfg.log_every == 0 or last:
+                record.update(logs)
+            if self.step % cfg.checkpoint_every == 0 or last:
                 if self.validate is not None:
                     self.model.eval()
                     val = self.validate()
                     self.model.train()
-                    logs["val_nll"] = val
-                    self._log({"model": self.name, "step": self.step, "val_nll": val})
+                    logs["val_nll"] = record["val_nll"] = val
                     if self.keep_best and val < self.best:
                         self._save_best(val)
+                if record:  # one line per step, written before the checkpoint that keeps it
+                    self._log({"model": self.name, "step": self.step, **record})
+                    record = {}
                 self.save()
                 t_last = time.perf_counter()
+            if record:
+                self._log({"model": self.name, "step": self.step, **record})
             if self.on_step is not None:
                 self.on_step(self.step, cfg.steps, logs)
         return TrainSummary(
@@ -433,25 +450,28 @@ class Trainer:
         )
 
     def _count(self, logs: dict[str, float]) -> None:
+        """Add this step's finite numeric log values to the running sums."""
         st = self.stats
-        if "iterations" in logs:
-            st["samples"] += self.cfg.batch_size
-            st["unconverged"] += logs.get("unconverged", 0.0) * self.cfg.batch_size
-            st["forward_iterations"] += logs["iterations"]
-            st["forward_steps"] += 1
-        if "backward_iterations" in logs:
-            st["backward_iterations"] += logs["backward_iterations"]
-            st["backward_steps"] += 1
+        for key, value in logs.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                st[f"sum.{key}"] = st.get(f"sum.{key}", 0.0) + float(value)
+                st[f"steps.{key}"] = st.get(f"steps.{key}", 0.0) + 1.0
+
+    def log_means(self) -> dict[str, float]:
+        """Mean over the training steps so far of every numeric log value (each over the
+        steps that logged a finite value of it)."""
+        st = self.stats
+        return {
+            key.removeprefix("sum."): value / st[f"steps.{key.removeprefix('sum.')}"]
+            for key, value in st.items()
+            if key.startswith("sum.")
+        }
 
     def summary_stats(self) -> dict[str, float]:
-        """Means over training of the solver statistics, and the peak activation memory."""
-        st = self.stats
-        out = {"peak_activation_mb": round(st["peak_activation_mb"], 3)}
-        if st["forward_steps"]:
-            out["forward_iterations_mean"] = st["forward_iterations"] / st["forward_steps"]
-            out["unconverged_fraction"] = st["unconverged"] / max(st["samples"], 1.0)
-        if st["backward_steps"]:
-            out["backward_iterations_mean"] = st["backward_iterations"] / st["backward_steps"]
+        """The peak activation memory and the task's summary of the log means (for an
+        orchestra: solver iterations and the unconverged fraction)."""
+        out = {"peak_activation_mb": round(self.stats["peak_activation_mb"], 3)}
+        out.update(self.task.training_summary(self.log_means()))
         return out
 
     def _diverged_message(self, streak: int) -> str:
