@@ -171,7 +171,8 @@ def test_imports_inside_functions_say_why():
                 while top > 0 and lines[top - 1].strip().startswith(("from ", "import ", "#")):
                     top -= 1
                 bottom = inner.end_lineno or inner.lineno
-                while bottom < len(lines) and lines[bottom].strip().startswith(("from ", "import ")):
+                starts = ("from ", "import ")
+                while bottom < len(lines) and lines[bottom].strip().startswith(starts):
                     bottom += 1
                 block = lines[max(top - 1, 0) : bottom]
                 if not any("# lazy" in x for x in block):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -45,7 +46,10 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        writer(tmp)
+        try:
+            writer(tmp)
+        except Exception as exc:
+            raise as_os_error(exc, path) from exc
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -55,6 +59,21 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
             os.unlink(tmp)
         raise
     return path
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(exc: Exception, path: str | os.PathLike) -> Exception:
+    """``exc`` itself, or, when a library reports a failed system call in its message (as
+    safetensors does: ``… (os error 28)``), the OSError it stands for, naming ``path``."""
+    if isinstance(exc, OSError):
+        return exc
+    found = _OS_ERROR.search(str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -7,8 +7,9 @@ as one line ``error: …`` on stderr with exit code 2 (a traceback only with
 
 from __future__ import annotations
 
-import os
-import shlex
+import errno
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -26,7 +27,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .errors import ConfigError, DataError, RunDirError, UserError
+from .errors import ConfigError, RunDirWarning, UserError
+
+try:  # typer >= 0.22 carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+from .events import Event
 
 app = typer.Typer(
     name="tertulia",
@@ -50,17 +57,52 @@ DeviceOpt = Annotated[
 ]
 
 
+def _warn(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def _guard(debug: bool, fn: Callable[[], T]) -> T:
     try:
-        return fn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", RunDirWarning)
+            shown = warnings.showwarning
+
+            def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+                if issubclass(category, RunDirWarning):
+                    _warn(message, category)
+                else:
+                    shown(message, category, *args, **kwargs)
+
+            warnings.showwarning = show
+            return fn()
     except UserError as exc:
         if debug:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as exc:  # the filesystem said no: a full disk, a read-only folder …
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {_os_error(exc)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a filesystem failure: what failed, where, and what to do."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    advice = {
+        errno.ENOSPC: "; free some space, then continue with --resume",
+        errno.EDQUOT: "; free some space, then continue with --resume",
+        errno.EROFS: "; choose a folder you can write to",
+        errno.EACCES: "; choose a folder you can write to",
+        errno.ENAMETOOLONG: "; choose a shorter name",
+        errno.ENOTDIR: "; a file stands where a folder should be",
+    }.get(exc.errno or 0, "")
+    return f"{what}{where}{advice}"
 
 
 class _ProgressEvents:
@@ -70,15 +112,15 @@ class _ProgressEvents:
         self.progress = progress
         self.tasks: dict[str, Any] = {}
 
-    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+    def __call__(self, event: Event, payload: dict[str, Any]) -> None:
         p = self.progress
-        if event == "data_generate":
+        if event == Event.DATA_GENERATE:
             p.console.print(
                 f"generating {payload['equation']} data: {payload['count']} trajectories "
                 "(cached for next time) …",
                 highlight=False,
             )
-        elif event == "data":
+        elif event == Event.DATA:
             sizes = "/".join(str(v) for v in payload["sizes"].values())
             what = "/".join(payload["sizes"])
             if what == "train/val/test":
@@ -89,11 +131,11 @@ class _ProgressEvents:
                 highlight=False,
                 soft_wrap=True,
             )
-        elif event == "train_start":
+        elif event == Event.TRAIN_START:
             p.start()  # the bar appears with the first training, not before
             name = payload["model"]
             self.tasks[name] = p.add_task(f"train {name}", total=payload["total"], info="")
-        elif event == "step":
+        elif event == Event.STEP:
             task = self.tasks.get(payload["model"])
             if task is None:
                 return
@@ -106,17 +148,17 @@ class _ProgressEvents:
             if "backward_iterations" in logs:
                 info += f" bwd {logs['backward_iterations']:.1f}"
             p.update(task, completed=payload["step"], info=info)
-        elif event == "train_end":
+        elif event == Event.TRAIN_END:
             name = payload["model"]
             if payload.get("resumed_from"):
                 p.console.print(f"{name}: resumed from step {payload['resumed_from']}")
             if payload.get("skipped_steps"):
                 p.console.print(f"{name}: skipped {payload['skipped_steps']} non-finite steps")
-        elif event == "evaluate":
+        elif event == Event.EVALUATE:
             if p.live.is_started:
                 p.stop()  # training is over: freeze the bars above what follows
             p.console.print("evaluating on the test split …")
-        elif event == "robustness":
+        elif event == Event.ROBUSTNESS:
             if payload["what"] == "ood":
                 p.console.print(
                     "out-of-distribution sets: " + ", ".join(payload["conditions"]) + " …"
@@ -124,13 +166,15 @@ class _ProgressEvents:
             else:
                 eps = ", ".join(f"{e:g}" for e in payload["eps"])
                 p.console.print(f"FGSM/PGD attacks, ε = {eps} …")
-        elif event == "fit":
+        elif event == Event.FIT:
             p.console.print(f"fitting {payload['model']} …", highlight=False)
-        elif event == "note":
+        elif event == Event.NOTE:
             p.console.print(payload["text"], highlight=False)
-        elif event == "simulate":
+        elif event == Event.SIMULATE:
             p.console.print(f"simulating {payload['what']} …", highlight=False)
-        elif event == "report":
+        elif event == Event.COMPRESS_END:
+            p.console.print(f"{payload['model']}: pruned, stored and judged", highlight=False)
+        elif event == Event.REPORT:
             p.console.print("writing report …")
 
 
@@ -172,20 +216,6 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{k}"] = v
     return flat
-
-
-def _data_dir_sets(rec: Any, data_dir: Path) -> list[str]:
-    """``--set`` assignments that point a recipe at the directory ``data_dir``."""
-    if not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir} is not a directory")
-    if rec.task == "sequence":
-        return ["data.kind=mnist", f"data.path={data_dir}"]
-    if rec.task == "velora":
-        return [f"data.path={data_dir}"]
-    raise ConfigError(
-        f"--data-dir applies to sequence and velora recipes, not {rec.task} ({rec.name}); "
-        "point a forecasting recipe at a file with --set data.path=FILE"
-    )
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -291,101 +321,28 @@ def run(
     """Train the orchestra and its baselines on a recipe, evaluate, write the report."""
 
     def _run() -> None:
-        from . import config, jobs, runs  # lazy: torch stays off --help, recipes, show
-        from .runtime import Runtime
+        from . import jobs  # lazy: torch stays off --help, recipes, show
 
-        worker = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if resume is not None:
-            if out is not None:
-                raise RunDirError("--resume continues a run in place; drop --out")
-            if set_ or data_dir is not None:
-                raise RunDirError(
-                    "--set and --data-dir cannot change a run on --resume; start a new run instead"
-                )
-            saved = runs.require_run_dir(resume)
-            if recipe is not None and config.resolve_recipe_path(recipe).stem != saved.name:
-                raise RunDirError(f"{resume} is a run of recipe {saved.name!r}, not {recipe!r}")
-            if precision is not None and precision != saved.runtime.precision:
-                raise RunDirError(
-                    f"{resume} trains in {saved.runtime.precision} (runtime.precision in its "
-                    f"config.yaml); --precision {precision} would change the run: start a new "
-                    "run instead"
-                )
-            rec, target = saved.with_runtime(device), resume
-        else:
-            rec = config.load_recipe(recipe or "burgers", set_ or [])
-            if data_dir is not None:
-                rec = config.load_recipe(
-                    recipe or "burgers", [*(set_ or []), *_data_dir_sets(rec, data_dir)]
-                )
-            rec = rec.with_runtime(device, precision)
-            if out is None:
-                target = runs.fresh_run_dir(Path("runs") / rec.name)
-            else:
-                target = out
-                if worker:  # the launcher checked it; rank 0 may already be writing
-                    pass
-                elif target.exists() and (not target.is_dir() or any(target.iterdir())):
-                    what = "holds a run" if runs.is_run_dir(target) else "is not empty"
-                    raise RunDirError(
-                        f"{target} {what}; continue it with --resume {target} "
-                        "or choose another --out"
-                    )
-        if resume is not None:
-            words = ["run", rec.name, "--resume", str(target)]
-        else:
-            words = ["run", recipe or "burgers", "--out", str(target)]
-            for assignment in set_ or []:
-                words += ["--set", assignment]
-            if data_dir is not None:
-                words += ["--data-dir", str(data_dir)]
-            if precision is not None:
-                words += ["--precision", precision]
-        if device is not None:
-            words += ["--device", device]
-        if phase != "all":
-            words += ["--phase", phase]
-        batch = getattr(getattr(rec, "train", None), "batch_size", None)
-        if nproc > 1 and batch is not None and batch % nproc:
-            raise ConfigError(
-                f"--nproc {nproc} must divide train.batch_size={batch}: every worker takes "
-                "an equal slice of the global batch"
-            )
-        runtime = Runtime.of(rec)  # a device this machine lacks fails here, before any work
-        if nproc > 1 and not worker:
-            if runtime.is_cuda and ":" in rec.runtime.device:
-                raise ConfigError(
-                    f"--nproc {nproc} gives every worker its own GPU (cuda:LOCAL_RANK); "
-                    f"use --device cuda, not {rec.runtime.device}"
-                )
-            if runtime.is_cuda and nproc > _cuda_count():
-                raise ConfigError(
-                    f"--nproc {nproc} on --device cuda needs a GPU per worker; this machine "
-                    f"has {_cuda_count()}"
-                )
-            _launch(words, nproc)  # the workers come back here, in the branch below
-            return
-        if worker:
-            _init_worker(runtime)
-            words += ["--nproc", os.environ.get("WORLD_SIZE", "1")]
-        command = "tertulia " + shlex.join(words)
+        plan = jobs.plan_run(
+            recipe,
+            out=out,
+            sets=set_ or [],
+            resume=resume,
+            data_dir=data_dir,
+            device=device,
+            precision=precision,
+            phase=phase,
+            nproc=nproc,
+        )
         progress = _progress()
-        quiet = worker and _rank() != 0
         try:
-            metrics = jobs.run(
-                rec,
-                target,
-                resume=resume is not None,
-                command=command,
-                on_event=_noop_event if quiet else _ProgressEvents(progress),
-                phase=phase,
-            )
+            metrics = jobs.start_run(plan, on_event=_ProgressEvents(progress))
         except KeyboardInterrupt:
             if progress.live.is_started:
                 progress.stop()
             console.print(
                 "interrupted; continue from the last checkpoint with: "
-                f"tertulia run {rec.name} --resume {target}",
+                f"tertulia run {plan.recipe.name} --resume {plan.out}",
                 highlight=False,
                 soft_wrap=True,  # a wrapped path could not be copied
             )
@@ -393,58 +350,12 @@ def run(
         finally:
             if progress.live.is_started:
                 progress.stop()
-        if quiet:
+        if metrics is None:  # the launcher of --nproc workers, or a worker of rank > 0
             return
         _print_metrics(metrics)
-        out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
+        out_console.print(f"report: {plan.out / 'report.html'}", highlight=False, soft_wrap=True)
 
     _guard(debug, _run)
-
-
-def _noop_event(event: str, payload: dict[str, Any]) -> None:
-    pass
-
-
-def _rank() -> int:
-    import torch.distributed as dist  # lazy: torch stays off --help, recipes, show
-
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _cuda_count() -> int:
-    import torch  # lazy: torch stays off --help, recipes, show
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _init_worker(runtime: Any) -> None:
-    """In a process started by ``--nproc`` (or torchrun): join the process group, with NCCL
-    on this rank's GPU when the run is on CUDA (``cuda:LOCAL_RANK``), else gloo."""
-    import torch  # lazy: torch stays off --help, recipes, show
-    import torch.distributed as dist
-
-    if runtime.is_cuda:
-        torch.cuda.set_device(runtime.device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if runtime.is_cuda else "gloo")
-
-
-def _launch(words: list[str], nproc: int) -> None:
-    """Start ``nproc`` workers running ``tertulia <words>`` with torch's elastic launcher
-    (what ``torchrun --standalone --nproc-per-node N -m tertulia …`` does: one node, a free
-    port found by the launcher); wait for them."""
-    from torch.distributed.run import get_args_parser  # lazy: torch stays off --help, recipes, show
-    from torch.distributed.run import run as elastic_run
-
-    args = get_args_parser().parse_args(
-        ["--standalone", "--nproc-per-node", str(nproc), "--module", "tertulia", *words]
-    )
-    try:
-        elastic_run(args)
-    except Exception as exc:  # ChildFailedError: the workers printed their own error
-        raise UserError(
-            f"a worker process failed ({type(exc).__name__}); see its output above"
-        ) from None
 
 
 @app.command()
@@ -521,6 +432,11 @@ def sweep(
         if res["best"]:
             out_console.print(f"best: {res['best']['trial']} {' '.join(res['best']['sets'])}")
         out_console.print(f"report: {target / 'report.html'}", highlight=False, soft_wrap=True)
+        if res["best"] is None:
+            raise UserError(
+                f"no trial of the sweep finished ({res['failed']} failed); "
+                f"their errors are in the table above and in {target / 'sweep.json'}"
+            )
 
     _guard(debug, _sweep)
 
@@ -591,17 +507,43 @@ def report(
     """Rebuild report.html (and its figures) from a run directory."""
 
     def _report() -> None:
-        from .report import build_report  # lazy: torch stays off --help, recipes, show
+        from .runs import rebuild_report  # lazy: torch stays off --help, recipes, show
 
-        if not run_dir.is_dir():
-            raise RunDirError(f"{run_dir} does not exist; give a run directory")
-        out_console.print(f"report: {build_report(run_dir)}", highlight=False, soft_wrap=True)
+        out_console.print(f"report: {rebuild_report(run_dir)}", highlight=False, soft_wrap=True)
 
     _guard(debug, _report)
 
 
+def _usage_error(exc: Any) -> str:
+    """A usage mistake as one line: click's message, the command it concerns, and where to
+    read what is allowed."""
+    message = exc.format_message().strip().replace("\n", " ").rstrip(".")
+    ctx = exc.ctx
+    where = ctx.command_path if ctx is not None else "tertulia"
+    if isinstance(exc, click_errors.NoSuchOption) or "Did you mean" in message:
+        return f"{message}; see '{where} --help'"
+    if message.startswith("No such command") and ctx is not None:
+        commands = ", ".join(sorted(ctx.command.list_commands(ctx)))  # type: ignore[attr-defined]
+        return f"{message}; commands are: {commands}"
+    return f"{message}; see '{where} --help'"
+
+
 def main() -> None:
-    app()
+    """The ``tertulia`` entry point: a usage mistake (unknown command or option, a missing
+    or malformed argument) is one ``error:`` line and exit code 2, like every other."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            out_console.print(exc.ctx.get_help(), markup=False, highlight=False)
+        sys.exit(0)
+    except click_errors.UsageError as exc:
+        console.print(f"[bold red]error:[/] {_usage_error(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -716,47 +658,16 @@ def export(
     """Export a run's models to ONNX and check them against PyTorch with onnxruntime."""
 
     def _export() -> None:
-        import json  # lazy: torch stays off --help, recipes, show
-
-        import torch  # lazy: torch stays off --help, recipes, show
-
-        # lazy: torch stays off --help, recipes, show
-        from .compress.export import check_onnx, export_onnx
-        from .compress.sparse_io import load_compressed
-        from .jobs import load_run
+        from .jobs import export_run  # lazy: torch stays off --help, recipes, show
 
         if not onnx:
             raise ConfigError("choose a format: --onnx")
-        metrics_path = run_dir / "metrics.json"
-        compressed = False
-        if metrics_path.is_file():
-            try:
-                compressed = json.loads(metrics_path.read_text()).get("task") == "compress"
-            except ValueError:
-                compressed = False
-        if compressed:
-            source = json.loads(metrics_path.read_text())["source"]
-            loaded = load_run(source)
-            for name, model in loaded.models.items():
-                path = run_dir / "checkpoint" / f"{name}.safetensors"
-                if path.is_file():
-                    model.load_state_dict(load_compressed(path))
-        else:
-            loaded = load_run(run_dir)
-        target = out or run_dir / "onnx"
-        d = loaded.recipe.data
-        example = torch.randn(4, d.window, d.grid, generator=torch.Generator().manual_seed(0))
-        table = Table(title=f"ONNX export — {loaded.recipe.name}")
+        rows = export_run(run_dir, out=out)
+        table = Table(title=f"ONNX export — {run_dir}")
         for col in ("model", "file", "max |onnx − torch|"):
             table.add_column(col)
-        for name, model in loaded.models.items():
-            if sum(p.numel() for p in model.parameters()) == 0:
-                continue
-            wrapped, path = export_onnx(model, example, target / f"{name}.onnx")
-            diff = check_onnx(path, wrapped, example)
-            table.add_row(name, str(path), f"{diff:.2e}")
-            if diff > 1e-5:
-                raise UserError(f"{name}: ONNX output differs from PyTorch by {diff:.2e} (> 1e-5)")
+        for row in rows:
+            table.add_row(row["model"], str(row["path"]), f"{row['max_abs_diff']:.2e}")
         out_console.print(table)
 
     _guard(debug, _export)

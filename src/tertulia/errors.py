@@ -34,3 +34,8 @@ class ShapeError(UserError):
 
 class CovarianceError(UserError):
     """A covariance matrix that is not symmetric positive semi-definite."""
+
+
+class RunDirWarning(UserWarning):
+    """Something about a run directory the user should know, that stops nothing (a lock
+    taken over from an interrupted run). The CLI prints it as ``warning: …``."""

@@ -27,9 +27,9 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -45,35 +45,14 @@ from ._io import (
     secondary_rank,
 )
 from .config import AnyRecipe, TrainConfig, load_resolved
-from .errors import RunDirError
+from .errors import RunDirError, RunDirWarning
+from .events import Event as Event
+from .events import EventFn as EventFn
+from .events import no_event as no_event
 from .runtime import Runtime
-from .train import Trainer
+from .train import Trainer, has_checkpoint, load_checkpoint, load_weights
+from .train.checkpoint import checkpoint_folder
 from .train.stages import LayerGroup
-
-
-class Event(str, Enum):
-    """Every event a job emits, with the payload keys it carries."""
-
-    DATA_GENERATE = "data_generate"  # equation, count: data is being generated
-    DATA = "data"  # source, sizes, seconds, out[, unit]: the data has loaded
-    TRAIN_START = "train_start"  # model, total
-    STEP = "step"  # model, step, total, logs
-    TRAIN_END = "train_end"  # model, steps, skipped_steps, seconds, resumed_from …
-    EVALUATE = "evaluate"  # models: judging has started
-    ROBUSTNESS = "robustness"  # what (ood | adversarial), conditions | eps
-    FIT = "fit"  # model: a classical fit has started
-    SIMULATE = "simulate"  # what
-    NOTE = "note"  # text: a line worth showing
-    COMPRESS_END = "compress_end"  # model: one model is pruned, stored and judged
-    REPORT = "report"  # the report is being written
-
-
-EventFn = Callable[[Event, dict[str, Any]], None]
-
-
-def no_event(event: Event, payload: dict[str, Any]) -> None:
-    """An :data:`EventFn` that ignores every event."""
-
 
 # ------------------------------------------------------------------- run dirs
 
@@ -85,6 +64,8 @@ def is_run_dir(path: Path) -> bool:
 
 def require_run_dir(path: Path) -> AnyRecipe:
     """The resolved recipe of the run directory ``path`` (RunDirError if it is none)."""
+    if path.is_file():
+        raise RunDirError(f"{path} is a file, not a run directory made by 'tertulia run'")
     if not path.is_dir():
         raise RunDirError(f"{path} does not exist; give a run directory made by 'tertulia run'")
     if not is_run_dir(path):
@@ -92,13 +73,14 @@ def require_run_dir(path: Path) -> AnyRecipe:
     return load_resolved(path / "config.yaml")
 
 
-def _is_empty(path: Path) -> bool:
+def is_empty_dir(path: Path) -> bool:
+    """Whether the folder ``path`` holds nothing (its lock file aside)."""
     return not any(p.name != LOCK_FILE for p in path.iterdir())
 
 
 def fresh_run_dir(base: Path) -> Path:
     """``base`` if unused, else ``base-2``, ``base-3`` … (never overwrite a run)."""
-    if not base.exists() or (base.is_dir() and _is_empty(base)):
+    if not base.exists() or (base.is_dir() and is_empty_dir(base)):
         return base
     k = 2
     while Path(f"{base}-{k}").exists():
@@ -106,13 +88,16 @@ def fresh_run_dir(base: Path) -> Path:
     return Path(f"{base}-{k}")
 
 
-def check_new_run_dir(path: Path) -> None:
-    """RunDirError unless ``path`` can hold a new run: missing, or an empty folder."""
+def check_new_run_dir(path: Path, *, held: bool = False) -> None:
+    """RunDirError unless ``path`` can hold a new run: missing, or an empty folder (a folder
+    another command is writing is named as such, unless this process ``held`` its lock)."""
     if not path.exists():
         return
     if not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a folder; choose a folder for the run")
-    if _is_empty(path):
+    if not held and (path / LOCK_FILE).is_file():  # a run being written: name its writer
+        acquire(path, shared=True).release()
+    if is_empty_dir(path):
         return
     if is_run_dir(path):
         raise RunDirError(
@@ -223,15 +208,14 @@ def locked(
     shared: bool = False,
     create: bool = False,
     command: str = "",
-    on_stale: Callable[[Holder], None] | None = None,
 ) -> Iterator[RunLock | None]:
     """Hold ``run_dir``'s lock for the ``with`` block (ranks > 0 of a distributed run take
     none: rank 0 holds it for them).
 
     ``create`` makes the folder first (its parents too); if the block fails and leaves
     the folder it made holding nothing but the lock, the folder goes again, so a run
-    that fails on bad data leaves nothing behind. ``on_stale`` hears of a holder that
-    was interrupted (its process is gone) and whose lock is now taken over.
+    that fails on bad data leaves nothing behind. A lock whose last holder was
+    interrupted (its process is gone) is taken over with a :class:`RunDirWarning`.
     """
     if secondary_rank():
         yield None
@@ -249,8 +233,13 @@ def locked(
     elif not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a folder")
     lock = acquire(run_dir, shared=shared, command=command)
-    if lock.stale is not None and on_stale is not None:
-        on_stale(lock.stale)
+    if lock.stale is not None:
+        warnings.warn(
+            f"{run_dir} was left by an interrupted command ({lock.stale.describe()} is gone); "
+            "its lock is taken over",
+            RunDirWarning,
+            stacklevel=3,
+        )
     try:
         yield lock
     except BaseException:
@@ -272,14 +261,15 @@ def open_run(
     on_event: EventFn = no_event,
     data: dict[str, Any] | None = None,
     threads: int | None = None,
+    runtime: Runtime | None = None,
 ) -> Runtime:
     """Set the CPU threads (``threads``, default the recipe's ``train.threads``), announce the
     loaded data (a ``data`` event, when ``data`` is given) and create the run directory with
     its ``config.yaml`` (not on resume) and ``command.txt`` line. Jobs call it once their
     data has loaded, so bad data never leaves a half-made directory. Returns the recipe's
     runtime (device and precision), resolved before anything is written: a device this
-    machine lacks fails first."""
-    runtime = Runtime.of(recipe)
+    machine lacks fails first (``runtime``: the job resolved it already)."""
+    runtime = Runtime.of(recipe) if runtime is None else runtime
     if threads is None:
         threads = getattr(getattr(recipe, "train", None), "threads", None)
     if threads:
@@ -316,6 +306,19 @@ def close_run(
 
     build_report(out)
     return results
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    """Rebuild ``report.html`` and its figures from the run directory ``run_dir``, under the
+    run's lock (a run being written is refused); returns the page's path."""
+    from .report import build_report  # lazy: matplotlib only when a report is made
+
+    if run_dir.is_file():
+        raise RunDirError(f"{run_dir} is a file, not a run directory")
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} does not exist; give a run directory")
+    with locked(run_dir, command=f"tertulia report {run_dir}"):
+        return build_report(run_dir)
 
 
 # ------------------------------------------------------------------- training
@@ -394,3 +397,24 @@ def fit_in_run(
     else:
         trainer.load_ema_into_model()
     return result
+
+
+def load_trained(model: torch.nn.Module, run_dir: Path, name: str, recipe_name: str) -> dict:
+    """Load the weights a run judges its model ``name`` by (its EMA weights, else the plain
+    ones) from ``run_dir/checkpoint/<name>`` into ``model``, in eval mode; returns the
+    training summary the checkpoint records (steps, skipped steps, seconds)."""
+    folder = run_dir / "checkpoint" / name
+    if not has_checkpoint(folder):
+        raise RunDirError(
+            f"{run_dir} has no checkpoint for {name}; finish it with "
+            f"'tertulia run {recipe_name} --resume {run_dir}'"
+        )
+    groups, meta = load_checkpoint(folder, require=("model",))
+    group = "ema" if "ema" in groups else "model"
+    load_weights(model, groups[group], source=checkpoint_folder(folder) / f"{group}.safetensors")
+    model.eval()
+    return {
+        "steps": meta["step"],
+        "skipped_steps": meta.get("skipped_steps", 0),
+        "seconds": meta.get("seconds", 0.0),
+    }

@@ -10,8 +10,9 @@ is reported with its error and the sweep goes on. The summary (``sweep.json``,
 a table and a plot of the metric across trials, ``report.html``) is written
 when all trials are done.
 
-The metric is the recipe's main one unless ``metric`` (a dotted path into the
-trial's metrics.json, e.g. ``models.mlp.nrmse_1step``) says otherwise:
+The metric is the recipe's main one (its job's record names it) unless ``metric``
+(``models.MODEL.KEY`` in the trial's metrics.json, e.g. ``models.mlp.nrmse_1step``,
+checked against the job's models and keys before any trial starts) says otherwise:
 
 ============  =====================================  ======
 task          metric                                 better
@@ -42,15 +43,6 @@ from ._io import atomic_write_json, json_safe
 from .errors import ConfigError, UserError
 from .runtime import check_device_spec, resolve_device
 
-LOWER = {
-    "forecast": True,
-    "sequence": False,
-    "velora": False,
-    "continual": True,
-    "recall": False,
-    "lm": True,
-}
-
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
     """``["model.d=32,64", …]`` → ``{"model.d": ["32", "64"], …}`` (ConfigError if malformed)."""
@@ -80,21 +72,36 @@ def trial_sets(grid: dict[str, list[str]], trials: int, seed: int) -> list[list[
     return out
 
 
-def main_metric(task: str, metrics: dict[str, Any]) -> tuple[str, float]:
-    """The task's main metric path and value in a run's metrics.json."""
-    models = metrics.get("models") or {}
-    first = next(iter(models), None)
-    paths = {
-        "forecast": "models.orchestra.nrmse_1step",
-        "sequence": f"models.{first}.accuracy",
-        "velora": "models.velora.mixed_score",
-        "continual": "models.cms.forgetting",
-        "recall": f"models.{first}.accuracy_4x",
-        "lm": f"models.{first}.bpc",
-    }
-    if task not in paths:
-        raise ConfigError(f"a {task} recipe has no training metric to sweep over")
-    return paths[task], lookup(metrics, paths[task])
+def sweep_metric(recipe: Any, metric: str | None) -> tuple[str, bool]:
+    """The metrics.json path a sweep of ``recipe`` ranks its trials by (``metric``, or the
+    job's main metric) and whether lower is better; a ConfigError, before any trial
+    starts, for a path the recipe's runs do not write."""
+    job = jobs.job_for(recipe)
+    if job.main_metric is None or job.model_names is None:
+        raise ConfigError(f"a {recipe.task} recipe has no training metric to sweep over")
+    names = job.model_names(recipe)
+    if metric is None:
+        model, key = job.main_metric
+        model = names[0] if model is None else model
+    else:
+        parts = metric.split(".")
+        if len(parts) != 3 or parts[0] != "models":
+            raise ConfigError(
+                f"--metric {metric}: expected models.MODEL.KEY, e.g. "
+                f"models.{names[0]}.{job.main_metric[1]}"
+            )
+        model, key = parts[1], parts[2]
+        if model not in names:
+            raise ConfigError(
+                f"--metric {metric}: this recipe's runs judge no model {model!r}; "
+                f"its models are: {', '.join(names)}"
+            )
+        if key not in job.metric_keys:
+            raise ConfigError(
+                f"--metric {metric}: {recipe.task} runs write no {key!r} per model; "
+                f"the keys are: {', '.join(job.metric_keys)}"
+            )
+    return f"models.{model}.{key}", key not in job.higher_is_better
 
 
 def lookup(metrics: dict[str, Any], path: str) -> float:
@@ -137,10 +144,8 @@ def _trial(space: dict[str, Any]) -> None:
     out = Path(config["out"])
     t0 = time.perf_counter()
     metrics = jobs.run(recipe, out, command="tertulia sweep trial " + " ".join(config["sets"]))
-    if config["metric"]:
-        name, value = config["metric"], lookup(metrics, config["metric"])
-    else:
-        name, value = main_metric(recipe.task, metrics)
+    name = config["metric"]
+    value = lookup(metrics, name)
     from ray import tune  # lazy: the optional [sweep] extra
 
     tune.report({"metric": value, "metric_name": name, "seconds": time.perf_counter() - t0})
@@ -172,11 +177,10 @@ def run_sweep(
     base = cfg.load_recipe(recipe_name, []).with_runtime(device)
     spec = base.runtime.device
     resources = trial_resources(spec, local=address is None, gpus_per_trial=gpus_per_trial)
-    if metric is None and base.task not in LOWER:
-        raise ConfigError(f"a {base.task} recipe has no training metric to sweep over")
+    path, lower_is_better = sweep_metric(base, metric)
     all_sets = trial_sets(grid, trials, base.seed)
-    for sets in all_sets:  # bad keys or values fail now, before any trial starts
-        cfg.load_recipe(recipe_name, sets)
+    for sets in all_sets:  # bad keys, values or metrics fail now, before any trial starts
+        sweep_metric(cfg.load_recipe(recipe_name, sets), metric)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose another --out")
     try:  # lazy: the optional [sweep] extra
@@ -201,7 +205,7 @@ def run_sweep(
                 "recipe": recipe_name,
                 "sets": sets,
                 "out": str(out / f"trial-{i:03d}"),
-                "metric": metric,
+                "metric": path,
                 "device": device,
             }
             for i, sets in enumerate(all_sets)
@@ -238,16 +242,8 @@ def run_sweep(
             )
         rows.append(row)
     rows.sort(key=lambda r: r["trial"])
-    names = {r.get("metric_name") for r in rows if r.get("metric_name")}
-    name = metric or (names.pop() if len(names) == 1 else "metric")
-    if mode == "auto":
-        lower = (
-            LOWER.get(base.task, True)
-            if metric is None
-            else not metric.endswith(("accuracy", "score", "accuracy_4x"))
-        )
-    else:
-        lower = mode == "min"
+    name = path
+    lower = lower_is_better if mode == "auto" else mode == "min"
     done = [r for r in rows if "error" not in r and r.get("metric") is not None]
     best = (min if lower else max)(done, key=lambda r: r["metric"]) if done else None
     summary = {

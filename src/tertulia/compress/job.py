@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from .._io import atomic_write
 from ..errors import ConfigError, RunDirError
-from ..runs import Event, EventFn, close_run, no_event, open_run
+from ..runs import Event, EventFn, close_run, is_empty_dir, no_event, open_run
 from ..train import Trainer
 from .pruning import SCHEDULES, SCOPES, Pruner, prunable, sparsity_report
 from .sparse_io import DTYPES, load_compressed, save_compressed
@@ -235,7 +235,7 @@ def check_request(
     if sparsity == 0.0:
         raise ConfigError("--sparsity must be in (0, 1), got 0.0")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or not is_empty_dir(out)):
         raise RunDirError(f"{out} is not empty; choose another --out")
 
 

@@ -31,6 +31,9 @@ class LoadedRun:
     recipe: Any
     models: dict[str, nn.Module]  # trained models with their final weights, in eval mode
     summaries: dict[str, dict[str, Any]]  # steps, skipped steps, seconds per model
+    # the shape of one float input item, batch axis excluded ((window, grid) for fields,
+    # (steps, channels) for sequences); None where the models take tokens
+    input_shape: tuple[int, ...] | None = None
 
 
 RunFn = Callable[..., dict[str, Any]]  # (recipe, out, *, resume, command, on_event, phase)
@@ -49,5 +52,14 @@ class Job:
     load: LoadFn | None = None
     targets: TargetsFn | None = None
     phases: tuple[str, ...] = ()  # staged jobs: the names --phase takes (besides 'all')
+    # --data-dir DIR as --set assignments (None: the job reads no data folder)
+    data_dir: Callable[[Path], list[str]] | None = None
+    # the names of the models a recipe's run judges (metrics.json's ``models`` keys)
+    model_names: Callable[[Any], list[str]] | None = None
+    # the keys of each model's row in metrics.json that a sweep may rank by
+    metric_keys: tuple[str, ...] = ()
+    higher_is_better: frozenset[str] = frozenset()  # the others: lower is better
+    # the main metric: (model, key); model None means the recipe's first model
+    main_metric: tuple[str | None, str] | None = None
     # why a run of this job has nothing to load or evaluate (when load/evaluate is None)
     nothing_to_load: str = ""

@@ -29,6 +29,7 @@ Legend: P regimes, R the regime-by-regime error matrix, C^(ℓ) a level's period
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,14 @@ import torch
 from ..build import count_parameters
 from ..config import ContinualRecipe
 from ..data import load_dataset
+from ..errors import RunDirError
 from ..nn.memory import ContinuumMLP
 from ..optim import MultiFrequency
-from ..runs import Event, EventFn, close_run, no_event, open_run
+from ..runs import Event, EventFn, close_run, load_trained, no_event, open_run
 from ..runtime import CPU, Runtime, on_cpu
+from ..train.checkpoint import save_checkpoint
 from ..train.tasks import Split
-from .base import Job
+from .base import Job, LoadedRun
 
 
 def load_regimes(
@@ -167,7 +170,8 @@ def run_continual(
 ) -> dict[str, Any]:
     """Train every model along the regime stream into ``out``; returns metrics.json's content.
 
-    The job takes minutes and keeps no checkpoints: ``--resume`` runs it again.
+    The stream cannot stop half-way: ``--resume`` runs it again. Each network's final
+    weights are kept in ``checkpoint/<name>/`` (for :func:`load_continual` and ``eval``).
     """
     started = time.perf_counter()
     runtime = Runtime.of(recipe)  # a device this machine lacks fails first
@@ -208,15 +212,64 @@ def run_continual(
     }
     for name, (model, optimizer) in build_models(recipe, runtime).items():
         res = train_stream(recipe, name, model, optimizer, regimes, on_event, runtime)
+        steps = recipe.train.steps * len(regimes)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        meta = {"step": steps, "seconds": res["seconds"], "recipe": recipe.name}
+        save_checkpoint(out / "checkpoint" / name, step=steps, groups={"model": state}, meta=meta)
         results["curves"][name] = res.pop("curve")
         results["models"][name] = res
         results["params"][name] = count_parameters(model)
     return close_run(out, results, on_event)
 
 
+def load_continual(recipe: ContinualRecipe, run_dir: Path) -> LoadedRun:
+    """The run's networks with their weights at the end of the stream, on
+    ``recipe.runtime``'s device; each maps a window (B, w, G) to the next increment (B, G)."""
+    runtime = Runtime.of(recipe)
+    models: dict[str, torch.nn.Module] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, (model, _) in build_models(recipe, runtime).items():
+        summaries[name] = load_trained(model, run_dir, name, recipe.name)
+        models[name] = model
+    shape = (recipe.data.window, recipe.data.grid)
+    return LoadedRun(run_dir, recipe, models, summaries, input_shape=shape)
+
+
+def evaluate_continual(
+    recipe: ContinualRecipe, run_dir: Path, *, on_event: EventFn = no_event
+) -> dict[str, Any]:
+    """Re-judge the final networks on every regime's test split: the last row of each
+    error matrix R, and the final error and forgetting that follow from it (the earlier rows
+    were measured along the stream and stay as recorded); rewrite metrics.json."""
+    path = run_dir / "metrics.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        rows = {name: results["models"][name]["R"] for name in results["models"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"{path} holds no continual results to re-judge ({exc})") from None
+    runtime = Runtime.of(recipe)
+    loaded = load_continual(recipe, run_dir)
+    regimes = load_regimes(recipe, runtime.device)
+    on_event(Event.EVALUATE, {"models": list(loaded.models)})
+    P = len(regimes)
+    for name, model in loaded.models.items():
+        if name not in rows or len(rows[name]) != P:
+            raise RunDirError(f"{path} has no {P}-regime error matrix for {name}")
+        R = rows[name]
+        R[P - 1] = [nrmse(model, r["test"], runtime) for r in regimes]
+        row = results["models"][name]
+        row["R"] = R
+        row["final"] = sum(R[P - 1]) / P
+        row["forgetting"] = sum(R[P - 1][j] - R[j][j] for j in range(P - 1)) / (P - 1)
+    return close_run(run_dir, results, on_event, announce=False)
+
+
 JOB = Job(
     tasks=("continual",),
     run=run_continual,
-    nothing_to_load="is a continual run: it keeps no checkpoints (its results are in "
-    "metrics.json); rerun it with 'tertulia run {name}'",
+    evaluate=evaluate_continual,
+    load=load_continual,
+    model_names=lambda recipe: ["mlp", "cms"] + (["mlp_slow"] if recipe.slow_control else []),
+    metric_keys=("forgetting", "final", "learned"),
+    main_metric=("cms", "forgetting"),
 )

@@ -21,11 +21,11 @@ from ..compress.targets import Target
 from ..config import Recipe
 from ..data import Trajectories, load_dataset, will_generate
 from ..data.pde import grid_points
-from ..errors import DataError, RunDirError
+from ..errors import DataError
 from ..robustness import evaluate_adversarial, evaluate_ood, ood_datasets
-from ..runs import Event, EventFn, close_run, fit_in_run, no_event, open_run
+from ..runs import Event, EventFn, close_run, fit_in_run, load_trained, no_event, open_run
 from ..runtime import Runtime, on_cpu
-from ..train import ForecastTask, has_checkpoint, load_checkpoint
+from ..train import ForecastTask
 from .base import Job, LoadedRun
 
 # ----------------------------------------------------------------------- data
@@ -42,12 +42,9 @@ def check_splits(splits: dict[str, Trajectories], recipe: Recipe) -> None:
                 f"needs at least {recipe.data.window + 2}"
             )
         grid = splits[name].y.shape[2]
+        # data.grid itself splits into model.cells patches: the recipe checks it (tertulia.layout)
         if grid != recipe.data.grid:
             raise DataError(f"the data has {grid} grid points but data.grid={recipe.data.grid}")
-        if grid % recipe.model.cells:
-            raise DataError(
-                f"{grid} grid points do not split into model.cells={recipe.model.cells} patches"
-            )
 
 
 def data_scale(splits: dict[str, Trajectories]) -> float:
@@ -107,7 +104,12 @@ def build_models(recipe: Recipe, splits: dict[str, Trajectories]) -> dict[str, n
     return models
 
 
-def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories]) -> ForecastTask:
+def make_task(
+    recipe: Recipe,
+    model: nn.Module,
+    splits: dict[str, Trajectories],
+    runtime: Runtime | None = None,
+) -> ForecastTask:
     """The forecasting task of ``model``, on the device of ``recipe.runtime``."""
     return ForecastTask(
         model,
@@ -115,7 +117,7 @@ def make_task(recipe: Recipe, model: nn.Module, splits: dict[str, Trajectories])
         window=recipe.data.window,
         train=recipe.train,
         cells=recipe.model.cells,
-        runtime=Runtime.of(recipe),
+        runtime=Runtime.of(recipe) if runtime is None else runtime,
     )
 
 
@@ -133,7 +135,7 @@ def run_forecast(
 ) -> dict[str, Any]:
     """Train every model of ``recipe`` into ``out`` (resuming if asked) and evaluate."""
     # Data first: a bad data set must not leave a half-made run directory behind.
-    Runtime.of(recipe)  # and neither must a device this machine lacks
+    runtime = Runtime.of(recipe)  # and neither must a device this machine lacks
     started = time.perf_counter()
     if will_generate(recipe.data):
         d = recipe.data
@@ -147,6 +149,7 @@ def run_forecast(
         resume=resume,
         command=command,
         on_event=on_event,
+        runtime=runtime,
         data={
             "source": recipe.data.path or recipe.data.equation,
             "sizes": {k: len(v) for k, v in splits.items()},
@@ -159,7 +162,7 @@ def run_forecast(
     for index, (name, model) in enumerate(models.items()):
         if build.count_parameters(model) == 0:
             continue
-        task = make_task(recipe, model, splits)
+        task = make_task(recipe, model, splits, runtime)
         torch.manual_seed(recipe.seed + 100 + index)
         summaries[name] = fit_in_run(
             task,
@@ -176,7 +179,7 @@ def run_forecast(
                 summaries[name]["backward"] = recipe.train.deq.backward
         on_event(Event.TRAIN_END, {"model": name, **summaries[name]})
 
-    return evaluate_and_write(recipe, models, splits, out, summaries, on_event=on_event)
+    return evaluate_and_write(recipe, models, splits, out, summaries, runtime, on_event=on_event)
 
 
 def evaluate_and_write(
@@ -185,16 +188,17 @@ def evaluate_and_write(
     splits: dict[str, Trajectories],
     out: Path,
     summaries: dict[str, dict[str, Any]],
+    runtime: Runtime,
     *,
     on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """Judge ``models`` on the test split; write metrics.json, the examples and the report."""
     on_event(Event.EVALUATE, {"models": list(models)})
     started = time.perf_counter()
-    metrics, examples = evaluate_models(recipe, models, splits)
+    metrics, examples = evaluate_models(recipe, models, splits, runtime)
     metrics["train"] = summaries
-    metrics["runtime"] = Runtime.of(recipe).describe()
-    robustness = evaluate_robustness(recipe, models, splits, on_event=on_event)
+    metrics["runtime"] = runtime.describe()
+    robustness = evaluate_robustness(recipe, models, splits, runtime, on_event=on_event)
     if robustness:
         metrics["robustness"] = robustness
     metrics["eval_seconds"] = round(time.perf_counter() - started, 3)
@@ -205,12 +209,12 @@ def evaluate_robustness(
     recipe: Recipe,
     models: dict[str, nn.Module],
     splits: dict[str, Trajectories],
+    runtime: Runtime,
     *,
     on_event: EventFn = no_event,
 ) -> dict[str, Any]:
     """OOD sets and adversarial attacks (seed §12.4) for every model, as configured."""
     ev, out = recipe.eval, {}
-    runtime = Runtime.of(recipe)
     if ev.ood.enabled:
         sets = ood_datasets(recipe.data, ev.ood)
         if sets or sets.skipped:
@@ -248,7 +252,10 @@ def evaluate_robustness(
 
 @torch.no_grad()
 def evaluate_models(
-    recipe: Recipe, models: dict[str, nn.Module], splits: dict[str, Trajectories]
+    recipe: Recipe,
+    models: dict[str, nn.Module],
+    splits: dict[str, Trajectories],
+    runtime: Runtime | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Test metrics (the metrics.json contract) and example arrays for the plots."""
     results: dict[str, Any] = {
@@ -281,7 +288,7 @@ def evaluate_models(
     }
     for name, model in models.items():
         model.eval()
-        task = make_task(recipe, model, splits)
+        task = make_task(recipe, model, splits, runtime)
         ev = task.evaluate("test", recipe.eval)
         results["models"][name] = ev["metrics"]
         curves = ev["curves"]
@@ -303,58 +310,51 @@ def evaluate_models(
     return results, examples
 
 
-def load_forecast(recipe: Recipe, run_dir: Path) -> LoadedRun:
+def load_forecast(recipe: Recipe, run_dir: Path, runtime: Runtime | None = None) -> LoadedRun:
     """Rebuild the run's trained models from their checkpoints (EMA weights; no data needed),
     on ``recipe.runtime``'s device."""
     models = build_trainable_models(recipe)  # the data scale comes back with the weights
-    runtime = Runtime.of(recipe)
+    runtime = Runtime.of(recipe) if runtime is None else runtime
     summaries: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
-        folder = run_dir / "checkpoint" / name
-        if not has_checkpoint(folder):
-            raise RunDirError(
-                f"{run_dir} has no checkpoint for {name}; finish it with "
-                f"'tertulia run {recipe.name} --resume {run_dir}'"
-            )
-        groups, meta = load_checkpoint(folder)
-        model.load_state_dict(groups.get("ema", groups["model"]))
-        runtime.place(model).eval()
-        summaries[name] = {
-            "steps": meta["step"],
-            "skipped_steps": meta.get("skipped_steps", 0),
-            "seconds": meta.get("seconds", 0.0),
-        }
-    return LoadedRun(path=run_dir, recipe=recipe, models=models, summaries=summaries)
+        summaries[name] = load_trained(model, run_dir, name, recipe.name)
+        runtime.place(model)
+    shape = (recipe.data.window, recipe.data.grid)
+    return LoadedRun(run_dir, recipe, models, summaries, input_shape=shape)
 
 
 def evaluate_forecast(
     recipe: Recipe, run_dir: Path, *, on_event: EventFn = no_event
 ) -> dict[str, Any]:
     """Re-judge a run's checkpoints (EMA weights); rewrite metrics.json and the report."""
-    run = load_forecast(recipe, run_dir)
+    runtime = Runtime.of(recipe)
+    run = load_forecast(recipe, run_dir, runtime)
     splits = load_dataset(recipe.data)
     check_splits(splits, recipe)
     models = dict(run.models)
     if recipe.baselines.persistence:
         with on_cpu():
             models["persistence"] = build.build_persistence(sigma=persistence_sigma(splits))
-    return evaluate_and_write(recipe, models, splits, run_dir, run.summaries, on_event=on_event)
+    return evaluate_and_write(
+        recipe, models, splits, run_dir, run.summaries, runtime, on_event=on_event
+    )
 
 
 def forecast_targets(recipe: Recipe, run_dir: Path) -> list[Target]:
     """Every trained model of the run, fine-tuned on its forecasting task, judged by the
     one-step nRMSE of the test split."""
-    loaded = load_forecast(recipe, run_dir)
+    runtime = Runtime.of(recipe)
+    loaded = load_forecast(recipe, run_dir, runtime)
     splits = load_dataset(recipe.data)
 
     def judge(model: nn.Module) -> dict[str, Any]:
-        return make_task(recipe, model, splits).evaluate("test", recipe.eval)["metrics"]
+        return make_task(recipe, model, splits, runtime).evaluate("test", recipe.eval)["metrics"]
 
     return [
         Target(
             name=name,
             model=model,
-            make_task=lambda m: make_task(recipe, m, splits),
+            make_task=lambda m: make_task(recipe, m, splits, runtime),
             judge=judge,
             metric="nrmse_1step",
             higher_is_better=False,
@@ -365,10 +365,32 @@ def forecast_targets(recipe: Recipe, run_dir: Path) -> list[Target]:
     ]
 
 
+FORECAST_METRICS = (
+    "nrmse_1step", "nrmse_rollout", "rmse", "nll", "crps", "coverage_50", "coverage_90",
+    "coverage_95", "miscalibration_area", "sigma_rel_error", "converged_fraction",
+    "iterations_mean", "rounds_mean", "residual_final", "rho_max", "rho_mean", "rho_below_1",
+    "messages_per_prediction",
+)  # fmt: skip
+
+
+def forecast_model_names(recipe: Recipe) -> list[str]:
+    """The models a run of ``recipe`` judges, in metrics.json's order (no model is built)."""
+    b = recipe.baselines
+    names = ["orchestra"] + (["mlp"] if b.mlp else []) + list(dict.fromkeys(b.ssm))
+    other = comparison_cell(recipe)
+    if other is not None:
+        names.append(f"orchestra_{other}")
+    return names + (["persistence"] if b.persistence else [])
+
+
 JOB = Job(
     tasks=("forecast",),
     run=run_forecast,
     evaluate=evaluate_forecast,
     load=load_forecast,
     targets=forecast_targets,
+    model_names=forecast_model_names,
+    metric_keys=FORECAST_METRICS,
+    higher_is_better=frozenset({"converged_fraction", "rho_below_1"}),
+    main_metric=("orchestra", "nrmse_1step"),
 )

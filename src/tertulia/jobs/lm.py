@@ -10,7 +10,7 @@ characters before it in its window):
 
     bpc = (1 / N_val) Σ_t −log₂ p(c_t | c_{<t in its window})
 
-HOPE's continuum-memory levels carry ``{"period": C}`` in their ``_optim`` tag,
+HOPE's continuum-memory levels declare their period C (``Level.optim_groups``),
 so the trainer steps them every C steps (:class:`tertulia.optim.MultiFrequency`).
 
 Legend: N_val validation characters, c_t a character.
@@ -32,9 +32,10 @@ from ..config import LMModelConfig, LMRecipe
 from ..data.chars import CharCorpus, char_corpus, pydoc_text, read_text
 from ..nn import lm
 from ..nn.titans import NeuralMemory
-from ..runs import EventFn, close_run, fit_model, no_event, open_run
+from ..runs import Event, EventFn, close_run, fit_model, load_trained, no_event, open_run
 from ..runtime import CPU, Runtime, on_cpu
-from .base import Job
+from ..train.tasks import TaskBase
+from .base import Job, LoadedRun
 
 LN2 = math.log(2.0)
 
@@ -63,15 +64,10 @@ def _build_lm(name: str, m: LMModelConfig, vocab: int, context: int) -> nn.Modul
     model = lm.hope_lm(
         vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk), periods=m.periods
     )
-    for block in model.blocks:
-        for level, c in zip(block.levels, m.periods, strict=True):
-            if c > 1:
-                for p in level.parameters():
-                    p._optim = {"period": c}  # type: ignore[attr-defined]
     return model
 
 
-class LMTask:
+class LMTask(TaskBase):
     """Next-character cross-entropy on random training windows (the corpus on the device)."""
 
     def __init__(
@@ -95,7 +91,7 @@ class LMTask:
         return train[(starts[:, None] + offsets).to(train.device)]  # (B, context + 1)
 
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch[:, :-1]).float()
+        logits = self.forward_module(batch[:, :-1]).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         value = float(loss.detach())
         return loss, {"loss": value, "bpc": value / LN2}
@@ -129,6 +125,27 @@ class LMTask:
         return self.bpc(max_windows=32) * LN2
 
 
+def _results(recipe: LMRecipe, corpus: CharCorpus, runtime: Runtime) -> dict[str, Any]:
+    """metrics.json of a run, before any model is judged."""
+    return {
+        "task": "lm",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "source": recipe.data.source,
+            "train_characters": len(corpus.train),
+            "val_characters": len(corpus.val),
+            "vocabulary": corpus.size,
+            "context": recipe.data.context,
+            "uniform_bpc": math.log2(corpus.size),
+        },
+        "params": {},
+        "models": {},
+        "train": {},
+        "runtime": runtime.describe(),
+    }
+
+
 def run_lm(
     recipe: LMRecipe,
     out: Path,
@@ -153,23 +170,7 @@ def run_lm(
             "seconds": time.perf_counter() - started,
         },
     )
-    results: dict[str, Any] = {
-        "task": "lm",
-        "recipe": recipe.name,
-        "description": recipe.description,
-        "data": {
-            "source": recipe.data.source,
-            "train_characters": len(corpus.train),
-            "val_characters": len(corpus.val),
-            "vocabulary": corpus.size,
-            "context": recipe.data.context,
-            "uniform_bpc": math.log2(corpus.size),
-        },
-        "params": {},
-        "models": {},
-        "train": {},
-        "runtime": runtime.describe(),
-    }
+    results = _results(recipe, corpus, runtime)
     for index, (name, m) in enumerate(recipe.models.items()):
         torch.manual_seed(recipe.seed + index)
         model = build_lm(name, m, corpus.size, recipe.data.context)
@@ -194,9 +195,51 @@ def run_lm(
     return close_run(out, results, on_event)
 
 
+def _load(recipe: LMRecipe, run_dir: Path, corpus: CharCorpus) -> LoadedRun:
+    runtime = Runtime.of(recipe)
+    models: dict[str, nn.Module] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, m in recipe.models.items():
+        model = build_lm(name, m, corpus.size, recipe.data.context)
+        summaries[name] = load_trained(model, run_dir, name, recipe.name)
+        models[name] = runtime.place(model)
+    return LoadedRun(run_dir, recipe, models, summaries)
+
+
+def load_lm(recipe: LMRecipe, run_dir: Path) -> LoadedRun:
+    """The run's trained language models (EMA weights), on ``recipe.runtime``'s device; each
+    maps token ids (B, T) to next-character logits (B, T, V)."""
+    return _load(recipe, run_dir, load_corpus(recipe))
+
+
+def evaluate_lm(recipe: LMRecipe, run_dir: Path, *, on_event: EventFn = no_event) -> dict[str, Any]:
+    """Re-judge the run's trained models (validation bits per character); rewrite
+    metrics.json and the report. Nothing is trained."""
+    corpus = load_corpus(recipe)
+    runtime = Runtime.of(recipe)
+    loaded = _load(recipe, run_dir, corpus)
+    results = _results(recipe, corpus, runtime)
+    on_event(Event.EVALUATE, {"models": list(loaded.models)})
+    for name, model in loaded.models.items():
+        task = LMTask(
+            model,
+            corpus,
+            context=recipe.data.context,
+            batch_size=recipe.train.batch_size,
+            runtime=runtime,
+        )
+        results["train"][name] = loaded.summaries[name]
+        results["params"][name] = count_parameters(model)
+        results["models"][name] = {"bpc": task.bpc()}
+    return close_run(run_dir, results, on_event, announce=False)
+
+
 JOB = Job(
     tasks=("lm",),
     run=run_lm,
-    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
-    "(its fitted parameters are in metrics.json)",
+    evaluate=evaluate_lm,
+    load=load_lm,
+    model_names=lambda recipe: list(recipe.models),
+    metric_keys=("bpc",),
+    main_metric=(None, "bpc"),
 )

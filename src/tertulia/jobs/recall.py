@@ -32,9 +32,10 @@ from ..config import RecallModelConfig, RecallRecipe
 from ..data.recall import RecallSet, RecallVocab, recall_set
 from ..nn import lm
 from ..nn.titans import NeuralMemory
-from ..runs import EventFn, close_run, fit_model, no_event, open_run
+from ..runs import Event, EventFn, close_run, fit_model, load_trained, no_event, open_run
 from ..runtime import CPU, Runtime, on_cpu
-from .base import Job
+from ..train.tasks import TaskBase
+from .base import Job, LoadedRun
 
 
 def vocab_of(recipe: RecallRecipe) -> RecallVocab:
@@ -77,7 +78,7 @@ def _build_recall_model(name: str, m: RecallModelConfig, recipe: RecallRecipe) -
     return lm.memory_lm(vocab, m.d, m.layers, memory=lambda: NeuralMemory(m.d, chunk=m.chunk))
 
 
-class RecallTask:
+class RecallTask(TaskBase):
     """Cross-entropy of the answer at the last position; a random distance per batch."""
 
     def __init__(self, model: nn.Module, recipe: RecallRecipe, *, runtime: Runtime = CPU):
@@ -104,7 +105,7 @@ class RecallTask:
         )
 
     def loss(self, batch: RecallSet, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch.tokens)[:, -1].float()
+        logits = self.forward_module(batch.tokens)[:, -1].float()
         loss = F.cross_entropy(logits, batch.label)
         acc = float((logits.argmax(-1) == batch.label).float().mean())
         return loss, {"loss": float(loss.detach()), "accuracy": acc}
@@ -131,6 +132,33 @@ class RecallTask:
         with torch.no_grad():
             logits = self._logits(data.tokens)
             return float(F.cross_entropy(logits, data.label.to(logits.device)))
+
+
+def _results(
+    recipe: RecallRecipe, tests: dict[float, RecallSet], runtime: Runtime
+) -> dict[str, Any]:
+    """metrics.json of a run, before any model is judged."""
+    d = recipe.data
+    return {
+        "task": "recall",
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "data": {
+            "pairs": d.pairs,
+            "window": d.window,
+            "distances": {str(m): t.distance for m, t in tests.items()},
+            "chance_accuracy": 1.0 / d.values,
+        },
+        "params": {},
+        "models": {},
+        "train": {},
+        "runtime": runtime.describe(),
+    }
+
+
+def _judge(task: RecallTask, tests: dict[float, RecallSet]) -> dict[str, Any]:
+    accuracy = {str(mult): task.accuracy(t) for mult, t in tests.items()}
+    return {"accuracy_4x": accuracy[str(4.0)], "accuracy": accuracy}
 
 
 def run_recall(
@@ -161,22 +189,7 @@ def run_recall(
             "seconds": time.perf_counter() - started,
         },
     )
-    d = recipe.data
-    results: dict[str, Any] = {
-        "task": "recall",
-        "recipe": recipe.name,
-        "description": recipe.description,
-        "data": {
-            "pairs": d.pairs,
-            "window": d.window,
-            "distances": {str(m): t.distance for m, t in tests.items()},
-            "chance_accuracy": 1.0 / d.values,
-        },
-        "params": {},
-        "models": {},
-        "train": {},
-        "runtime": runtime.describe(),
-    }
+    results = _results(recipe, tests, runtime)
     for index, (name, m) in enumerate(recipe.models.items()):
         torch.manual_seed(recipe.seed + index)
         model = build_recall_model(name, m, recipe)
@@ -190,15 +203,48 @@ def run_recall(
             recipe_name=recipe.name,
             on_event=on_event,
         )
-        accuracy = {str(mult): task.accuracy(t) for mult, t in tests.items()}
         results["params"][name] = count_parameters(model)
-        results["models"][name] = {"accuracy_4x": accuracy[str(4.0)], "accuracy": accuracy}
+        results["models"][name] = _judge(task, tests)
     return close_run(out, results, on_event)
+
+
+def load_recall(recipe: RecallRecipe, run_dir: Path) -> LoadedRun:
+    """The run's trained models (EMA weights), on ``recipe.runtime``'s device; each maps
+    token ids (B, T) to logits (B, T, V)."""
+    runtime = Runtime.of(recipe)
+    models: dict[str, nn.Module] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, m in recipe.models.items():
+        model = build_recall_model(name, m, recipe)
+        summaries[name] = load_trained(model, run_dir, name, recipe.name)
+        models[name] = runtime.place(model)
+    return LoadedRun(run_dir, recipe, models, summaries)
+
+
+def evaluate_recall(
+    recipe: RecallRecipe, run_dir: Path, *, on_event: EventFn = no_event
+) -> dict[str, Any]:
+    """Re-judge the run's trained models (accuracy against distance); rewrite metrics.json
+    and the report. Nothing is trained."""
+    runtime = Runtime.of(recipe)
+    loaded = load_recall(recipe, run_dir)
+    tests = test_sets(recipe)
+    results = _results(recipe, tests, runtime)
+    on_event(Event.EVALUATE, {"models": list(loaded.models)})
+    for name, model in loaded.models.items():
+        results["train"][name] = loaded.summaries[name]
+        results["params"][name] = count_parameters(model)
+        results["models"][name] = _judge(RecallTask(model, recipe, runtime=runtime), tests)
+    return close_run(run_dir, results, on_event, announce=False)
 
 
 JOB = Job(
     tasks=("recall",),
     run=run_recall,
-    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
-    "(its fitted parameters are in metrics.json)",
+    evaluate=evaluate_recall,
+    load=load_recall,
+    model_names=lambda recipe: list(recipe.models),
+    metric_keys=("accuracy_4x",),
+    higher_is_better=frozenset({"accuracy_4x"}),
+    main_metric=(None, "accuracy_4x"),
 )

@@ -22,17 +22,15 @@ from ..compress.job import compress_model
 from ..compress.targets import Target
 from ..config import SequenceRecipe
 from ..data.sequences import SequenceSplit, delay_recall, digit_sequences, read_mnist_dir
-from ..errors import RunDirError
 from ..nn.hippo_memory import HippoMemory
 from ..nn.mamba import MambaBlock
 from ..nn.mlp import MLPClassifier
 from ..nn.s4d import S4D
 from ..nn.seqmodel import SequenceModel
-from ..runs import Event, EventFn, close_run, fit_model, no_event, open_run
+from ..runs import Event, EventFn, close_run, fit_model, load_trained, no_event, open_run
 from ..runtime import Runtime, on_cpu
-from ..train.checkpoint import has_checkpoint, load_checkpoint
 from ..train.tasks import ClassifyTask
-from .base import Job
+from .base import Job, LoadedRun
 
 
 def load_splits(recipe: SequenceRecipe) -> dict[str, SequenceSplit]:
@@ -115,8 +113,7 @@ def _build_sequence_model(
     )
     for module in model.modules():  # SSM parameters: own learning rate, no weight decay
         if hasattr(module, "ssm_parameters"):
-            for p in module.ssm_parameters():
-                p._optim = {"weight_decay": 0.0, "lr": m.ssm_lr}
+            module.ssm_lr = m.ssm_lr  # S4DKernel.optim_groups: this base lr, no decay
     return model
 
 
@@ -281,26 +278,36 @@ def run_sequence(
     return close_run(out, results, on_event)
 
 
-def _ema_weights(folder: Path, run_dir: Path, name: str, hint: str) -> dict[str, Any]:
-    if not has_checkpoint(folder):
-        raise RunDirError(f"{run_dir} has no checkpoint for {name}; {hint}")
-    groups, _ = load_checkpoint(folder)
-    return groups.get("ema", groups["model"])
+def _load(recipe: SequenceRecipe, run_dir: Path, splits: dict[str, SequenceSplit]) -> LoadedRun:
+    train = splits["train"]
+    steps, d_in, classes = int(train.x.shape[1]), int(train.x.shape[-1]), train.classes
+    models: dict[str, nn.Module] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, init in model_inits(recipe).items():
+        model = build_sequence_model(recipe, d_in, classes, init, steps=steps)
+        summaries[name] = load_trained(model, run_dir, name, recipe.name)
+        models[name] = model
+    return LoadedRun(run_dir, recipe, models, summaries, input_shape=(steps, d_in))
+
+
+def load_sequence(recipe: SequenceRecipe, run_dir: Path) -> LoadedRun:
+    """The run's trained classifiers (EMA weights); each maps sequences (B, L, C) to class
+    logits (B, K)."""
+    loaded = _load(recipe, run_dir, load_splits(recipe))
+    runtime = Runtime.of(recipe)
+    for model in loaded.models.values():
+        runtime.place(model)
+    return loaded
 
 
 def sequence_targets(recipe: SequenceRecipe, run_dir: Path) -> list[Target]:
     """Every trained classifier of the run (EMA weights), judged by test accuracy."""
     splits = load_splits(recipe)
-    train = splits["train"]
-    d_in, classes = int(train.x.shape[-1]), train.classes
-    targets = []
-    for index, (name, init) in enumerate(model_inits(recipe).items()):
-        model = build_sequence_model(recipe, d_in, classes, init, steps=int(train.x.shape[1]))
-        hint = f"finish it with 'tertulia run {recipe.name} --resume {run_dir}'"
-        model.load_state_dict(_ema_weights(run_dir / "checkpoint" / name, run_dir, name, hint))
-        model.eval()
-        targets.append(sequence_target(name, model, splits, recipe, index))
-    return targets
+    loaded = _load(recipe, run_dir, splits)
+    return [
+        sequence_target(name, model, splits, recipe, index)
+        for index, (name, model) in enumerate(loaded.models.items())
+    ]
 
 
 def evaluate_sequence(
@@ -314,7 +321,11 @@ JOB = Job(
     tasks=("sequence",),
     run=run_sequence,
     evaluate=evaluate_sequence,
+    load=load_sequence,
     targets=sequence_targets,
-    nothing_to_load="is a sequence run: load its models with "
-    "tertulia.jobs.sequence.build_sequence_model and its checkpoint/ folders",
+    data_dir=lambda folder: ["data.kind=mnist", f"data.path={folder}"],
+    model_names=lambda recipe: list(model_inits(recipe)),
+    metric_keys=("accuracy", "nll"),
+    higher_is_better=frozenset({"accuracy"}),
+    main_metric=(None, "accuracy"),
 )

@@ -70,9 +70,11 @@ from ..nn.text_experts import LanguageExpert, MathExpert
 from ..nn.velora import EXPERTS, TYPES, Velora, as_inputs
 from ..runs import Event, EventFn, close_run, fit_in_run, no_event, open_run
 from ..runtime import CPU, Runtime, on_cpu
-from ..train import has_checkpoint, load_checkpoint
+from ..train import has_checkpoint, load_checkpoint, load_weights
+from ..train.checkpoint import checkpoint_folder
 from ..train.stages import LayerGroup, freeze, unfreeze
-from .base import Job
+from ..train.tasks import TaskBase
+from .base import Job, LoadedRun
 
 PHASES = ("experts", "router", "finetune")
 
@@ -215,7 +217,7 @@ def _rows(n: int, batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(n, (min(batch, n),), generator=generator, device=generator.device)
 
 
-class MathTask:
+class MathTask(TaskBase):
     """Phase 1, math: the expert's own loss on random training batches."""
 
     def __init__(self, model: MathExpert, data: Encoded, batch_size: int, runtime: Runtime = CPU):
@@ -225,12 +227,10 @@ class MathTask:
     def sample_batch(self, generator: torch.Generator) -> torch.Tensor:
         return _rows(len(self.data.math["train"].rows), self.batch_size, generator)
 
-    def _loss(self, s: MathSet, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(s.enc[rows])
-        return self.model.loss(out, s.op[rows], s.order[rows], s.answer[rows])
-
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-        return self._loss(self.data.math["train"], batch)
+        s = self.data.math["train"]
+        out = self.forward_module(s.enc[batch])
+        return self.model.loss(out, s.op[batch], s.order[batch], s.answer[batch])
 
     def validation(self) -> float:
         """Share of validation answers *not* within 1 % (hard op and order choices).
@@ -244,7 +244,7 @@ class MathTask:
         return 1.0 - float(within(value, s.answer).double().mean())
 
 
-class LanguageTask:
+class LanguageTask(TaskBase):
     """Phase 1, language: cross-entropy of the query type."""
 
     def __init__(
@@ -258,7 +258,7 @@ class LanguageTask:
 
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.data.language["train"]
-        logits = self.model(s.enc[batch]).float()
+        logits = self.forward_module(s.enc[batch]).float()
         loss = F.cross_entropy(logits, s.label[batch])
         acc = (logits.argmax(-1) == s.label[batch]).float().mean()
         return loss, {"loss": float(loss.detach()), "acc": float(acc)}
@@ -270,7 +270,7 @@ class LanguageTask:
         return float(F.cross_entropy(logits, s.label))
 
 
-class SystemTask:
+class SystemTask(TaskBase):
     """Phases 2 and 3: the whole system on mixed batches (see the module docstring)."""
 
     def __init__(
@@ -291,7 +291,7 @@ class SystemTask:
     def loss(self, batch: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         s, r = self.data.mixed["train"], self.recipe.router
         enc = s.enc[batch]
-        out = self.model(as_inputs(enc))
+        out = self.forward_module(as_inputs(enc))
         dom = s.domain[batch]
         is_math, is_lang = dom == 0, dom == 1
         logs: dict[str, float] = {}
@@ -554,8 +554,8 @@ def _load_best(model: torch.nn.Module, out: Path, name: str, phase: str) -> None
             f"phase {phase!r} needs the best {name!r} weights of an earlier phase in {out}; "
             f"run the earlier phases first (--phase all, or --phase {_needs(name)})"
         )
-    groups, _ = load_checkpoint(best)
-    model.load_state_dict(groups["model"])
+    groups, _ = load_checkpoint(best, require=("model",))
+    load_weights(model, groups["model"], source=checkpoint_folder(best) / "model.safetensors")
 
 
 def _needs(name: str) -> str:
@@ -802,9 +802,7 @@ def _contract(results: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def velora_targets(recipe: VeloraRecipe, run_dir: Path) -> list[Target]:
-    """The whole system after its last finished phase (its best-validating weights), judged
-    by the mixed score of the test split."""
+def _last_phase(recipe: VeloraRecipe, run_dir: Path) -> str:
     phase = next(
         (p for p in ("finetune", "router") if has_checkpoint(run_dir / "checkpoint" / p / "best")),
         None,
@@ -814,14 +812,32 @@ def velora_targets(recipe: VeloraRecipe, run_dir: Path) -> list[Target]:
             f"{run_dir} has no trained VELORA system yet; run its phases first "
             f"('tertulia run {recipe.name} --out {run_dir}')"
         )
+    return phase
+
+
+def load_velora(recipe: VeloraRecipe, run_dir: Path) -> LoadedRun:
+    """The whole system after its last finished phase (its best-validating weights), on
+    ``recipe.runtime``'s device, as ``models["velora"]``."""
+    phase = _last_phase(recipe, run_dir)
+    model = build_velora(recipe, *build_experts(recipe))
+    best = run_dir / "checkpoint" / phase / "best"
+    groups, meta = load_checkpoint(best, require=("model",))
+    load_weights(model, groups["model"], source=checkpoint_folder(best) / "model.safetensors")
+    model.eval()
+    summary = {"phase": phase, "steps": meta.get("step"), "seconds": meta.get("seconds", 0.0)}
+    return LoadedRun(run_dir, recipe, {"velora": model}, {"velora": summary})
+
+
+def velora_targets(recipe: VeloraRecipe, run_dir: Path) -> list[Target]:
+    """The whole system after its last finished phase (its best-validating weights), judged
+    by the mixed score of the test split."""
+    loaded = load_velora(recipe, run_dir)
+    model = loaded.models["velora"]
     runtime = Runtime.of(recipe)
     with on_cpu():
         enc = encode_data(load_data(recipe), recipe)
     enc = runtime.to(enc)
-    model = build_velora(recipe, *build_experts(recipe))
-    groups, _ = load_checkpoint(run_dir / "checkpoint" / phase / "best")
-    model.load_state_dict(groups["model"])
-    model.eval()
+    phase = loaded.summaries["velora"]["phase"]
     cfg = recipe.finetune.train if phase == "finetune" else recipe.phase2
     return [
         Target(
@@ -848,8 +864,20 @@ JOB = Job(
     tasks=("velora",),
     run=run_velora,
     evaluate=evaluate_velora,
+    load=load_velora,
     targets=velora_targets,
+    data_dir=lambda folder: [f"data.path={folder}"],
     phases=PHASES,
-    nothing_to_load="is a {task} run of recipe {name!r}: it has no trained models to load "
-    "(its fitted parameters are in metrics.json)",
+    model_names=lambda recipe: ["velora"],
+    metric_keys=(
+        "mixed_score", "router_accuracy", "language_accuracy", "math_op_accuracy",
+        "math_within_1pct", "math_extrapolation_within_1pct", "oracle_mixed_score",
+        "mixed_score_phase2", "mixed_score_phase3",
+    ),  # fmt: skip
+    higher_is_better=frozenset(
+        {"mixed_score", "router_accuracy", "language_accuracy", "math_op_accuracy",
+         "math_within_1pct", "math_extrapolation_within_1pct", "oracle_mixed_score",
+         "mixed_score_phase2", "mixed_score_phase3"}
+    ),  # fmt: skip
+    main_metric=("velora", "mixed_score"),
 )

@@ -295,12 +295,18 @@ def step_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndar
 
 
 def training_figure(records_by_model: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure | None:
-    """Loss per step for each model (raw and smoothed), validation NLL as dots,
-    and a second panel with the orchestra residual when it was logged.
+    """The training batches' Gaussian NLL per step for each model (raw and smoothed; the
+    objective ``loss`` for models that log no ``nll``), validation NLL as dots, and a
+    second panel with the orchestra residual when it was logged. Under β-NLL the
+    objective is not the NLL: the curve shows the NLL, measured like the validation dots.
 
     Returns ``None`` when no record holds a numeric ``step`` and ``loss``.
     """
-    losses = {m: step_series(r, "loss") for m, r in records_by_model.items()}
+    keys = {
+        m: "nll" if step_series(r, "nll")[0].size else "loss"
+        for m, r in records_by_model.items()
+    }
+    losses = {m: step_series(r, keys[m]) for m, r in records_by_model.items()}
     losses = {m: s for m, s in losses.items() if s[0].size}
     if not losses:
         return None
@@ -319,14 +325,14 @@ def training_figure(records_by_model: Mapping[str, Sequence[Mapping[str, Any]]])
         if loss.size > 50:
             ax.plot(steps, loss, color=color, lw=0.7, alpha=0.3)
             smooth = _smooth(loss, max(5, loss.size // 50))
-            ax.plot(steps, smooth, color=color, lw=1.8, label=f"{name} loss")
+            ax.plot(steps, smooth, color=color, lw=1.8, label=f"{name} {keys[name]}")
             raw = loss[tail][np.isfinite(loss[tail])]
             if raw.size:
                 lows.append(np.percentile(raw, 2.0))
                 highs.append(np.percentile(raw, 98.0))
             view = smooth[tail]
         else:
-            ax.plot(steps, loss, color=color, lw=1.6, marker=".", label=f"{name} loss")
+            ax.plot(steps, loss, color=color, lw=1.6, marker=".", label=f"{name} {keys[name]}")
             view = loss
         val_steps, val = step_series(records_by_model[name], "val_nll")
         if val.size:
@@ -342,7 +348,8 @@ def training_figure(records_by_model: Mapping[str, Sequence[Mapping[str, Any]]])
         pad = 0.05 * (high - low) if high > low else max(1.0, abs(high))
         ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss (Gaussian NLL)")
+    plotted = {keys[m] for m in losses}
+    ax.set_ylabel("Gaussian NLL" if plotted == {"nll"} else "training loss / NLL")
     ax.set_title("Training curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
