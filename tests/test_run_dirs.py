@@ -239,3 +239,45 @@ def test_unknown_commands_and_options_are_one_line_with_the_closest_name(args, e
     assert len(lines) == 1 and lines[0].startswith("error:"), done.stderr
     assert expected in lines[0]
     assert "╭" not in done.stderr  # not click's usage box
+
+
+# ------------------------------------------------------- corrupt checkpoints
+
+
+@pytest.fixture
+def copied_run(smoke_run, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(smoke_run, copy)
+    return copy
+
+
+def _weights(run: Path) -> Path:
+    return next((run / "checkpoint" / "orchestra").glob("step-*/ema.safetensors"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero-byte", "overwritten"])
+@pytest.mark.parametrize("command", ["eval", "export", "compress"])
+def test_a_corrupt_checkpoint_is_one_line_naming_the_file(copied_run, tmp_path, damage, command):
+    path = _weights(copied_run)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "zero-byte": b"", "overwritten":
+                      b"not a safetensors file at all" * 8}[damage])  # fmt: skip
+    before = snapshot(copied_run)
+    args = {
+        "eval": ["eval", copied_run],
+        "export": ["export", copied_run, "--onnx"],
+        "compress": ["compress", copied_run, "--out", tmp_path / "c", "--finetune-steps", "2"],
+    }[command]
+    line = one_error_line(invoke(*args))
+    assert "ema.safetensors" in line
+    assert snapshot(copied_run) == before  # the run is left as it was
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_config_edited_so_shapes_no_longer_match_is_one_line(copied_run):
+    config = copied_run / "config.yaml"
+    config.write_text(config.read_text().replace("  d: 16\n", "  d: 24\n", 1))
+    line = one_error_line(invoke("eval", copied_run))
+    assert "do not fit the model of config.yaml" in line and "safetensors" in line

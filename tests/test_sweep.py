@@ -64,3 +64,44 @@ def test_a_four_trial_sweep_in_local_mode_writes_the_summary(tmp_path, monkeypat
     assert (out / "trial-000" / "metrics.json").is_file()
     bad = CliRunner().invoke(app, ["sweep", str(path), "--grid", "model.nope=1"])
     assert bad.exit_code == 2
+
+
+def test_a_sweep_whose_every_trial_fails_exits_2_after_writing_its_summary(tmp_path):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(
+        app,
+        [
+            "sweep", "smoke", "--grid", "data.path=/nonexistent/a.npz,/nonexistent/b.npz",
+            "--cpus", "2", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "no trial of the sweep finished (2 failed)" in result.output
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["failed"] == 2 and summary["best"] is None
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [
+        ("models.orchestra.bogus", "write no 'bogus' per model; the keys are: nrmse_1step"),
+        ("models.fno.nrmse_1step", "no model 'fno'; its models are: orchestra, mlp, persistence"),
+        ("nrmse_1step", "expected models.MODEL.KEY, e.g. models.orchestra.nrmse_1step"),
+    ],
+)
+def test_a_metric_the_trials_do_not_write_is_refused_before_any_trial(tmp_path, metric, expected):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(
+        app, ["sweep", "smoke", "--grid", "train.lr=1e-3", "--metric", metric, "--out", str(out)]
+    )
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert not out.exists()  # no trial started, nothing written
+
+
+def test_a_metric_of_a_model_a_grid_point_drops_is_refused(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "smoke", "--grid", "baselines.mlp=true,false", "--metric", "models.mlp.nll"],
+    )
+    assert result.exit_code == 2 and "no model 'mlp'" in result.output
