@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .config import ModelConfig, Recipe, TrainConfig
+from .config import ForecastTrainConfig, ModelConfig, Recipe
 from .errors import ConfigError
 from .nn.graph import Graph, make_graph
 from .nn.mlp import GaussianMLP, Persistence, hidden_for_params
@@ -35,7 +35,7 @@ def forward_spec(model: ModelConfig) -> SolverSpec:
     )
 
 
-def _equilibrium(m: ModelConfig, t: TrainConfig) -> Equilibrium:
+def _equilibrium(m: ModelConfig, t: ForecastTrainConfig) -> Equilibrium:
     adjoint = SolverSpec(
         t.deq.solver,
         tol=t.deq.tol,
@@ -52,7 +52,7 @@ def _equilibrium(m: ModelConfig, t: TrainConfig) -> Equilibrium:
     )
 
 
-SOLVERS: dict[str, Callable[[ModelConfig, TrainConfig], Unrolled | Equilibrium]] = {
+SOLVERS: dict[str, Callable[[ModelConfig, ForecastTrainConfig], Unrolled | Equilibrium]] = {
     "bptt": lambda m, t: Unrolled(m.rounds, tol=m.tol, damping=m.solver.damping),
     "truncated": lambda m, t: Truncated(
         m.rounds, grad_rounds=t.grad_rounds, tol=m.tol, damping=m.solver.damping
