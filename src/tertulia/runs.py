@@ -399,22 +399,34 @@ def fit_in_run(
     return result
 
 
-def load_trained(model: torch.nn.Module, run_dir: Path, name: str, recipe_name: str) -> dict:
-    """Load the weights a run judges its model ``name`` by (its EMA weights, else the plain
-    ones) from ``run_dir/checkpoint/<name>`` into ``model``, in eval mode; returns the
-    training summary the checkpoint records (steps, skipped steps, seconds)."""
-    folder = run_dir / "checkpoint" / name
-    if not has_checkpoint(folder):
-        raise RunDirError(
-            f"{run_dir} has no checkpoint for {name}; finish it with "
-            f"'tertulia run {recipe_name} --resume {run_dir}'"
-        )
-    groups, meta = load_checkpoint(folder, require=("model",))
-    group = "ema" if "ema" in groups else "model"
-    load_weights(model, groups[group], source=checkpoint_folder(folder) / f"{group}.safetensors")
-    model.eval()
-    return {
-        "steps": meta["step"],
-        "skipped_steps": meta.get("skipped_steps", 0),
-        "seconds": meta.get("seconds", 0.0),
-    }
+def load_trained(
+    models: Mapping[str, torch.nn.Module],
+    run_dir: Path,
+    recipe_name: str,
+    runtime: Runtime | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Load into each of ``models`` the weights its run judges it by (its EMA weights, else
+    the plain ones) from ``run_dir/checkpoint/<name>``, in eval mode (and on ``runtime``'s
+    device when given); returns each model's training summary as its checkpoint records
+    it (steps, skipped steps, seconds)."""
+    summaries = {}
+    for name, model in models.items():
+        folder = run_dir / "checkpoint" / name
+        if not has_checkpoint(folder):
+            raise RunDirError(
+                f"{run_dir} has no checkpoint for {name}; finish it with "
+                f"'tertulia run {recipe_name} --resume {run_dir}'"
+            )
+        groups, meta = load_checkpoint(folder, require=("model",))
+        group = "ema" if "ema" in groups else "model"
+        source = checkpoint_folder(folder) / f"{group}.safetensors"
+        load_weights(model, groups[group], source=source)
+        if runtime is not None:
+            runtime.place(model)
+        model.eval()
+        summaries[name] = {
+            "steps": meta["step"],
+            "skipped_steps": meta.get("skipped_steps", 0),
+            "seconds": meta.get("seconds", 0.0),
+        }
+    return summaries

@@ -283,7 +283,6 @@ def compress_run(
         )
     command = f"tertulia compress {run_dir} --out {out}"
     with locked(run_dir, shared=True), locked(out, create=True, command=command):
-        check_request(out, **settings)  # a run that started in out while it was checked
         targets = job.targets(recipe, run_dir)
         return compress_targets(recipe, targets, run_dir, out, on_event=on_event, **settings)
 

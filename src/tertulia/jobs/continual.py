@@ -225,12 +225,8 @@ def run_continual(
 def load_continual(recipe: ContinualRecipe, run_dir: Path) -> LoadedRun:
     """The run's networks with their weights at the end of the stream, on
     ``recipe.runtime``'s device; each maps a window (B, w, G) to the next increment (B, G)."""
-    runtime = Runtime.of(recipe)
-    models: dict[str, torch.nn.Module] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, (model, _) in build_models(recipe, runtime).items():
-        summaries[name] = load_trained(model, run_dir, name, recipe.name)
-        models[name] = model
+    models = {name: model for name, (model, _) in build_models(recipe, Runtime.of(recipe)).items()}
+    summaries = load_trained(models, run_dir, recipe.name)
     shape = (recipe.data.window, recipe.data.grid)
     return LoadedRun(run_dir, recipe, models, summaries, input_shape=shape)
 

@@ -315,10 +315,7 @@ def load_forecast(recipe: Recipe, run_dir: Path, runtime: Runtime | None = None)
     on ``recipe.runtime``'s device."""
     models = build_trainable_models(recipe)  # the data scale comes back with the weights
     runtime = Runtime.of(recipe) if runtime is None else runtime
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, model in models.items():
-        summaries[name] = load_trained(model, run_dir, name, recipe.name)
-        runtime.place(model)
+    summaries = load_trained(models, run_dir, recipe.name, runtime)
     shape = (recipe.data.window, recipe.data.grid)
     return LoadedRun(run_dir, recipe, models, summaries, input_shape=shape)
 

@@ -196,13 +196,11 @@ def run_lm(
 
 
 def _load(recipe: LMRecipe, run_dir: Path, corpus: CharCorpus) -> LoadedRun:
-    runtime = Runtime.of(recipe)
-    models: dict[str, nn.Module] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, m in recipe.models.items():
-        model = build_lm(name, m, corpus.size, recipe.data.context)
-        summaries[name] = load_trained(model, run_dir, name, recipe.name)
-        models[name] = runtime.place(model)
+    models = {
+        name: build_lm(name, m, corpus.size, recipe.data.context)
+        for name, m in recipe.models.items()
+    }
+    summaries = load_trained(models, run_dir, recipe.name, Runtime.of(recipe))
     return LoadedRun(run_dir, recipe, models, summaries)
 
 

@@ -211,13 +211,8 @@ def run_recall(
 def load_recall(recipe: RecallRecipe, run_dir: Path) -> LoadedRun:
     """The run's trained models (EMA weights), on ``recipe.runtime``'s device; each maps
     token ids (B, T) to logits (B, T, V)."""
-    runtime = Runtime.of(recipe)
-    models: dict[str, nn.Module] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, m in recipe.models.items():
-        model = build_recall_model(name, m, recipe)
-        summaries[name] = load_trained(model, run_dir, name, recipe.name)
-        models[name] = runtime.place(model)
+    models = {name: build_recall_model(name, m, recipe) for name, m in recipe.models.items()}
+    summaries = load_trained(models, run_dir, recipe.name, Runtime.of(recipe))
     return LoadedRun(run_dir, recipe, models, summaries)
 
 

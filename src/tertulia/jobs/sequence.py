@@ -281,12 +281,11 @@ def run_sequence(
 def _load(recipe: SequenceRecipe, run_dir: Path, splits: dict[str, SequenceSplit]) -> LoadedRun:
     train = splits["train"]
     steps, d_in, classes = int(train.x.shape[1]), int(train.x.shape[-1]), train.classes
-    models: dict[str, nn.Module] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for name, init in model_inits(recipe).items():
-        model = build_sequence_model(recipe, d_in, classes, init, steps=steps)
-        summaries[name] = load_trained(model, run_dir, name, recipe.name)
-        models[name] = model
+    models = {
+        name: build_sequence_model(recipe, d_in, classes, init, steps=steps)
+        for name, init in model_inits(recipe).items()
+    }
+    summaries = load_trained(models, run_dir, recipe.name)
     return LoadedRun(run_dir, recipe, models, summaries, input_shape=(steps, d_in))
 
 
